@@ -1,0 +1,81 @@
+//! `pgprism`: change-data-capture sidecar for Postgres. This binary wires the crates
+//! together; the commands live in their own modules.
+
+mod jsonl;
+mod tail;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for a run that failed (bad input, unreachable server, server error).
+const EXIT_FAILURE: u8 = 1;
+
+/// Change-data-capture for Postgres: reads the WAL through a logical replication slot and
+/// keeps read models up to date.
+///
+/// Exit codes: 0 success, 1 runtime failure (the message says what and how to fix it),
+/// 2 command-line usage error.
+#[derive(Debug, Parser)]
+#[command(name = "pgprism", version, about, long_about)]
+struct Cli {
+    /// Log filter for stderr, e.g. `info` or `pgprism=debug` (overrides RUST_LOG).
+    #[arg(long, global = true, env = "PGPRISM_LOG", default_value = "warn")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Decode a replication slot and print one JSON object per change (JSONL).
+    Tail(tail::TailArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Tail(args) => tail::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error already says what failed and how to fix it.
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    // The transport logs the errors it returns to us; we report them once, ourselves.
+    let filter = if filter.contains("pgwire_replication") {
+        filter.to_owned()
+    } else {
+        format!("{filter},pgwire_replication=off")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
