@@ -113,7 +113,7 @@ fn main() {
                 Consumer::ALL
                     .iter()
                     .map(|c| {
-                        let slot = format!("bench_{:?}_{r}", c).to_lowercase();
+                        let slot = format!("bench_{}_{:?}_{r}", w.rows_per_txn, c).to_lowercase();
                         pg.psql(
                             &db,
                             &format!(
@@ -261,7 +261,13 @@ async fn raw_consume(pg: &PgServer, db: &str, slot: &str, end: &str, rows: u64) 
                     data += 1;
                 }
             }
-            Some(ReplicationEvent::Commit { end_lsn, .. }) => client.update_applied_lsn(end_lsn),
+            Some(ReplicationEvent::Commit { end_lsn, .. }) => {
+                client.update_applied_lsn(end_lsn);
+                // The same end rule as tail's --until-lsn and pg_recvlogical's --endpos.
+                if end_lsn >= end {
+                    break;
+                }
+            }
             Some(ReplicationEvent::KeepAlive { wal_end, .. }) if wal_end >= end => break,
             Some(_) => {}
             None => break,

@@ -21,6 +21,9 @@ use crate::jsonl;
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 /// Flush stdout once this much output is buffered.
 const FLUSH_BYTES: usize = 256 << 10;
+/// When the stream pauses, flush at most this late. Flushing on every pause would cost
+/// one write (and, into a pipe, one wake-up of the reader) per transaction.
+const FLUSH_DELAY: Duration = Duration::from_millis(5);
 
 /// Arguments of `pgprism tail`.
 #[derive(Debug, Args)]
@@ -49,7 +52,9 @@ pub struct TailArgs {
     /// Stop after printing this many changes.
     #[arg(long, value_name = "N")]
     limit: Option<u64>,
-    /// Stop once every transaction committed at or before this LSN (X/Y) is printed.
+    /// Stop at this LSN (X/Y), like pg_recvlogical's --endpos: transactions whose commit
+    /// record starts before it are printed, then tail exits. `SELECT pg_current_wal_lsn()`
+    /// taken after some writes makes tail print exactly those writes.
     #[arg(long, value_name = "LSN")]
     until_lsn: Option<String>,
     /// Peek: never acknowledge, so the slot does not advance.
@@ -144,6 +149,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         Ok(())
     };
 
+    let mut flush_at: Option<tokio::time::Instant> = None;
     let outcome: anyhow::Result<()> = async {
         if limit == 0 {
             return Ok(());
@@ -151,16 +157,22 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         loop {
             let ev = tokio::select! {
                 // A signal wins over more data: stop promptly, with what is printed acked.
+                // Then the flush deadline, so output never waits behind a busy stream.
                 biased;
                 sig = signals.recv() => {
                     tracing::info!(signal = sig, "stopping");
                     return Ok(());
                 }
+                () = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
+                    flush_at = None;
+                    flush(&mut out, &mut unflushed_ack)?;
+                    continue;
+                }
                 ev = stream.next() => ev?,
             };
             match ev {
                 StreamEvent::Chunk(chunk) => {
-                    if until_lsn.is_some_and(|u| chunk.txn.commit_lsn > u) {
+                    if until_lsn.is_some_and(|u| chunk.txn.commit_lsn >= u) {
                         return Ok(());
                     }
                     let take = usize::try_from(limit - printed).unwrap_or(usize::MAX);
@@ -171,16 +183,21 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
                     printed += chunk.changes.len().min(take) as u64;
                     if let Some(end) = chunk.end.filter(|_| whole) {
                         unflushed_ack = Some(end.end_lsn);
+                        // Every later transaction commits after this one ends.
+                        if until_lsn.is_some_and(|u| end.end_lsn >= u) {
+                            return Ok(());
+                        }
                     }
                     if printed >= limit {
                         return Ok(());
                     }
                     if out.len() >= FLUSH_BYTES {
+                        flush_at = None;
                         flush(&mut out, &mut unflushed_ack)?;
                     }
                 }
                 StreamEvent::Message(msg) => {
-                    if until_lsn.is_some_and(|u| msg.lsn > u) {
+                    if until_lsn.is_some_and(|u| msg.lsn >= u) {
                         return Ok(());
                     }
                     jsonl::write_message(&mut out, None, &msg);
@@ -190,8 +207,13 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
                         return Ok(());
                     }
                 }
-                StreamEvent::Idle => flush(&mut out, &mut unflushed_ack)?,
+                StreamEvent::Idle => {
+                    if flush_at.is_none() {
+                        flush_at = Some(tokio::time::Instant::now() + FLUSH_DELAY);
+                    }
+                }
                 StreamEvent::Keepalive { wal_end } => {
+                    flush_at = None;
                     flush(&mut out, &mut unflushed_ack)?;
                     if until_lsn.is_some_and(|u| wal_end >= u) {
                         return Ok(());

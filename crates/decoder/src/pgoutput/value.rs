@@ -527,6 +527,19 @@ impl Value {
                 write_json_str(out, n.as_str());
                 Ok(())
             }
+            // These text forms never contain a character JSON needs escaped.
+            Value::Uuid(_)
+            | Value::Date(_)
+            | Value::Time(_)
+            | Value::TimeTz(_)
+            | Value::Timestamp(_)
+            | Value::TimestampTz(_)
+            | Value::Interval(_) => {
+                out.push(b'"');
+                let r = write!(RawSink(out), "{self}");
+                out.push(b'"');
+                r
+            }
             Value::Bytea(b) | Value::Binary { bytes: b, .. } => {
                 // `\x…` in JSON: the backslash is escaped, hex digits need nothing.
                 out.extend_from_slice(b"\"\\\\x");
@@ -672,6 +685,66 @@ fn write_uuid(f: &mut fmt::Formatter<'_>, u: &[u8; 16]) -> fmt::Result {
         pos += 2;
     }
     f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
+}
+
+/// A fixed-capacity ASCII string on the stack, for assembling a short text form (a float's
+/// digits, a timestamp) before one `write_str`, instead of many small formatted writes.
+pub(super) struct StackStr<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackStr<N> {
+    /// An empty buffer.
+    pub(super) fn new() -> Self {
+        StackStr {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+
+    /// The text so far.
+    pub(super) fn as_str(&self) -> &str {
+        self.buf
+            .get(..self.len)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Appends `n` in decimal, zero-padded to at least `width` digits.
+    pub(super) fn push_padded(&mut self, mut n: u64, width: usize) -> fmt::Result {
+        let mut digits = [b'0'; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            let slot = digits.get_mut(start).ok_or(fmt::Error)?;
+            *slot = b'0' + u8::try_from(n % 10).map_err(|_| fmt::Error)?;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for _ in (digits.len() - start)..width {
+            self.push_bytes(b"0")?;
+        }
+        self.push_bytes(digits.get(start..).ok_or(fmt::Error)?)
+    }
+
+    fn push_bytes(&mut self, bytes: &[u8]) -> fmt::Result {
+        let end = self.len.checked_add(bytes.len()).ok_or(fmt::Error)?;
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(fmt::Error)?
+            .copy_from_slice(bytes);
+        self.len = end;
+        Ok(())
+    }
+}
+
+impl<const N: usize> fmt::Write for StackStr<N> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.push_bytes(s.as_bytes())
+    }
 }
 
 /// `bytes` as an array of exactly `N` bytes.

@@ -21,6 +21,11 @@
 
 use std::fmt::{self, Write as _};
 
+use super::StackStr;
+
+/// Room for any date, time or timestamp text form.
+type Buf = StackStr<48>;
+
 const USECS_PER_SEC: i64 = 1_000_000;
 const USECS_PER_MINUTE: i64 = 60 * USECS_PER_SEC;
 const USECS_PER_HOUR: i64 = 60 * USECS_PER_MINUTE;
@@ -138,8 +143,10 @@ impl fmt::Display for PgDate {
             PgDate::Infinity => f.write_str("infinity"),
             PgDate::Days(d) => {
                 let (y, m, d) = civil_from_days(i64::from(*d) + UNIX_TO_PG_DAYS);
-                write_ymd(f, y, m, d)?;
-                bc_suffix(f, y)
+                let mut buf = Buf::new();
+                write_ymd(&mut buf, y, m, d)?;
+                bc_suffix(&mut buf, y)?;
+                f.write_str(buf.as_str())
             }
         }
     }
@@ -172,7 +179,9 @@ impl PgTime {
 
 impl fmt::Display for PgTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_time_of_day(f, self.0)
+        let mut buf = Buf::new();
+        write_time_of_day(&mut buf, self.0)?;
+        f.write_str(buf.as_str())
     }
 }
 
@@ -204,8 +213,10 @@ impl TimeTz {
 
 impl fmt::Display for TimeTz {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_time_of_day(f, self.time.0)?;
-        write_utc_offset(f, self.offset_seconds)
+        let mut buf = Buf::new();
+        write_time_of_day(&mut buf, self.time.0)?;
+        write_utc_offset(&mut buf, self.offset_seconds)?;
+        f.write_str(buf.as_str())
     }
 }
 
@@ -281,13 +292,15 @@ impl fmt::Display for TimestampDisplay {
             PgTimestamp::Infinity => f.write_str("infinity"),
             PgTimestamp::Micros(us) => {
                 let (y, m, d) = civil_from_days(us.div_euclid(USECS_PER_DAY) + UNIX_TO_PG_DAYS);
-                write_ymd(f, y, m, d)?;
-                f.write_char(' ')?;
-                write_time_of_day(f, us.rem_euclid(USECS_PER_DAY))?;
+                let mut buf = Buf::new();
+                write_ymd(&mut buf, y, m, d)?;
+                buf.write_char(' ')?;
+                write_time_of_day(&mut buf, us.rem_euclid(USECS_PER_DAY))?;
                 if self.utc {
-                    f.write_str("+00")?;
+                    buf.write_str("+00")?;
                 }
-                bc_suffix(f, y)
+                bc_suffix(&mut buf, y)?;
+                f.write_str(buf.as_str())
             }
         }
     }
@@ -494,35 +507,37 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 /// `YYYY-MM-DD` with the year as Postgres prints it: at least four digits, BC years
 /// counted from 1 (the caller appends ` BC`).
-fn write_ymd(f: &mut fmt::Formatter<'_>, year: i64, month: u32, day: u32) -> fmt::Result {
+fn write_ymd(buf: &mut Buf, year: i64, month: u32, day: u32) -> fmt::Result {
     let shown = if year > 0 { year } else { 1 - year };
-    write!(f, "{shown:04}-{month:02}-{day:02}")
+    buf.push_padded(shown.unsigned_abs(), 4)?;
+    buf.write_char('-')?;
+    buf.push_padded(u64::from(month), 2)?;
+    buf.write_char('-')?;
+    buf.push_padded(u64::from(day), 2)
 }
 
-fn bc_suffix(f: &mut fmt::Formatter<'_>, year: i64) -> fmt::Result {
+fn bc_suffix(buf: &mut Buf, year: i64) -> fmt::Result {
     if year <= 0 {
-        f.write_str(" BC")
+        buf.write_str(" BC")
     } else {
         Ok(())
     }
 }
 
 /// `HH:MM:SS[.ffffff]` of microseconds since midnight, trailing fraction zeros dropped.
-fn write_time_of_day(f: &mut fmt::Formatter<'_>, micros: i64) -> fmt::Result {
+fn write_time_of_day(buf: &mut Buf, micros: i64) -> fmt::Result {
     let micros = micros.unsigned_abs();
     let secs = micros / 1_000_000;
-    write!(
-        f,
-        "{:02}:{:02}:{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )?;
-    write_fraction(f, micros % 1_000_000)
+    buf.push_padded(secs / 3600, 2)?;
+    buf.write_char(':')?;
+    buf.push_padded(secs / 60 % 60, 2)?;
+    buf.write_char(':')?;
+    buf.push_padded(secs % 60, 2)?;
+    write_fraction(buf, micros % 1_000_000)
 }
 
 /// `.ffffff` without trailing zeros, nothing for zero (`AppendSeconds`).
-fn write_fraction(f: &mut fmt::Formatter<'_>, mut micros: u64) -> fmt::Result {
+fn write_fraction(f: &mut impl fmt::Write, mut micros: u64) -> fmt::Result {
     if micros == 0 {
         return Ok(());
     }
@@ -535,17 +550,20 @@ fn write_fraction(f: &mut fmt::Formatter<'_>, mut micros: u64) -> fmt::Result {
 }
 
 /// `EncodeTimezone`: `+HH`, `+HH:MM` or `+HH:MM:SS`, minutes and seconds only when nonzero.
-fn write_utc_offset(f: &mut fmt::Formatter<'_>, offset_east: i32) -> fmt::Result {
-    let sign = if offset_east >= 0 { '+' } else { '-' };
-    let secs = offset_east.unsigned_abs();
+fn write_utc_offset(buf: &mut Buf, offset_east: i32) -> fmt::Result {
+    buf.write_char(if offset_east >= 0 { '+' } else { '-' })?;
+    let secs = u64::from(offset_east.unsigned_abs());
     let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    if s != 0 {
-        write!(f, "{sign}{h:02}:{m:02}:{s:02}")
-    } else if m != 0 {
-        write!(f, "{sign}{h:02}:{m:02}")
-    } else {
-        write!(f, "{sign}{h:02}")
+    buf.push_padded(h, 2)?;
+    if m != 0 || s != 0 {
+        buf.write_char(':')?;
+        buf.push_padded(m, 2)?;
     }
+    if s != 0 {
+        buf.write_char(':')?;
+        buf.push_padded(s, 2)?;
+    }
+    Ok(())
 }
 
 /// A cursor for the fixed-shape text forms above.

@@ -148,14 +148,40 @@ impl FromStr for Numeric {
     }
 }
 
+/// Whether `text` is already what `numeric_out` prints (the common case: it came from
+/// Postgres), so it can be kept as is.
+fn is_canonical(text: &str) -> bool {
+    if matches!(text, "NaN" | "Infinity" | "-Infinity") {
+        return true;
+    }
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    let (int, frac) = match unsigned.split_once('.') {
+        Some((int, frac)) if !frac.is_empty() => (int, frac),
+        Some(_) => return false,
+        None => (unsigned, ""),
+    };
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let int_ok = int == "0" || (!int.is_empty() && !int.starts_with('0') && digits(int));
+    // No negative zero: a `-` needs a nonzero digit somewhere.
+    let sign_ok =
+        unsigned.len() == text.len() || unsigned.bytes().any(|b| matches!(b, b'1'..=b'9'));
+    int_ok && digits(frac) && sign_ok
+}
+
 fn parse_canonical(text: &str) -> Result<String, &'static str> {
+    if is_canonical(text) {
+        return Ok(text.to_owned());
+    }
     let t = text.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c'));
-    let lower = |s: &str| s.to_ascii_lowercase();
-    match lower(t).as_str() {
-        "nan" => return Ok("NaN".into()),
-        "infinity" | "+infinity" | "inf" | "+inf" => return Ok("Infinity".into()),
-        "-infinity" | "-inf" => return Ok("-Infinity".into()),
-        _ => {}
+    let is = |word: &str| t.eq_ignore_ascii_case(word);
+    if is("nan") {
+        return Ok("NaN".into());
+    }
+    if is("infinity") || is("+infinity") || is("inf") || is("+inf") {
+        return Ok("Infinity".into());
+    }
+    if is("-infinity") || is("-inf") {
+        return Ok("-Infinity".into());
     }
     let (negative, body) = match t.as_bytes().first() {
         Some(b'-') => (true, t.get(1..).unwrap_or_default()),
@@ -276,6 +302,9 @@ mod tests {
             (" 42 ", "42"),
             ("nan", "NaN"),
             ("-inf", "-Infinity"),
+            ("-0.0", "0.0"),
+            ("00.5", "0.5"),
+            ("1.", "1"),
         ] {
             assert_eq!(canon(input), pg, "{input}");
         }
