@@ -106,7 +106,6 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     cfg.acknowledge = !args.no_ack;
     cfg.create_slot = args.create_slot.then_some(SlotCreation {
         temporary: args.temporary,
-        export_snapshot: false,
     });
     if !args.tables.is_empty() {
         cfg.create_publication_for = Some(args.tables);

@@ -555,3 +555,72 @@ fn bad_inputs_fail_with_one_clear_line() {
         "{wal}"
     );
 }
+
+#[test]
+fn creates_slot_and_publication_on_request_and_drops_temporary_slots() {
+    use std::time::Duration;
+    let pg = PgServer::start().unwrap();
+    let (name, dsn) = pg.fresh_database().unwrap();
+    pg.psql(
+        &name,
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE other (id int)",
+    )
+    .unwrap();
+    let sql = |q: &str| pg.psql(&name, q).unwrap().trim().to_owned();
+    let run = |slot: &str, extra: &[&str], first_id: i32| {
+        let mut cmd = common::pgprism();
+        cmd.args([
+            "tail",
+            "--dsn",
+            &dsn,
+            "--slot",
+            slot,
+            "--publication",
+            "made",
+            "--create-slot",
+            "--log",
+            "info",
+        ]);
+        cmd.args(extra);
+        let tail = common::LiveTail::spawn(cmd);
+        let start = std::time::Instant::now();
+        while !tail.stderr.lock().unwrap().contains("streaming") {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "tail did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let during = sql(&format!(
+            "SELECT temporary FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ));
+        sql(&format!(
+            "INSERT INTO other VALUES (1); INSERT INTO t VALUES ({first_id}), ({})",
+            first_id + 1
+        ));
+        tail.wait_for(Duration::from_secs(30), "two inserts", |l| l.len() == 2);
+        let (lines, _) = tail.stop();
+        assert!(
+            lines.iter().all(|l| l["table"] == "t"),
+            "only the published table: {lines:?}"
+        );
+        during
+    };
+
+    assert_eq!(run("made_slot", &["--tables", "public.t"], 1), "f");
+    assert_eq!(
+        sql("SELECT string_agg(tablename, ',') FROM pg_publication_tables WHERE pubname = 'made'"),
+        "t"
+    );
+    assert_eq!(
+        sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'made_slot'"),
+        "1"
+    );
+
+    assert_eq!(run("temp_slot", &["--temporary"], 10), "t");
+    assert_eq!(
+        sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'temp_slot'"),
+        "0",
+        "a temporary slot goes away with tail"
+    );
+}

@@ -123,6 +123,9 @@ pub enum StreamError {
     /// The transport reported something unexpected.
     #[error("replication protocol error: {0}")]
     Protocol(String),
+    /// The backfill run under the exported snapshot failed.
+    #[error("backfill under the slot's exported snapshot failed: {0}")]
+    Backfill(String),
 }
 
 impl StreamError {
@@ -142,6 +145,7 @@ impl StreamError {
             | StreamError::SlotUnusable { .. }
             | StreamError::TemporarySlotLost { .. }
             | StreamError::PublicationMissing { .. }
+            | StreamError::Backfill(_)
             | StreamError::Decode(_) => ErrorClass::Definite,
         }
     }

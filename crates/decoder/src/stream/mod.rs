@@ -20,7 +20,7 @@
 //!
 //! **Reconnect.** Transient failures (IO errors, a restarting server, a slot still held by
 //! a dying walsender; decided by [`StreamError::class`]) reconnect with exponential backoff
-//! and jitter from the last acknowledged position; the [assembler](assemble) drops what was
+//! and jitter from the last acknowledged position; the assembler (`assemble.rs`) drops what was
 //! already handed on, so the consumer sees every transaction once.
 //!
 //! **What a crash leaves.** Nothing is acknowledged before the consumer says it is
@@ -31,6 +31,8 @@ mod backoff;
 mod error;
 mod source;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -71,9 +73,14 @@ const TRANSPORT_BUFFER_EVENTS: usize = 2048;
 pub struct SlotCreation {
     /// A temporary slot lives only as long as its session (it cannot survive a reconnect).
     pub temporary: bool,
-    /// Export a snapshot for a backfill; the name is in [`SessionInfo::snapshot`].
-    pub export_snapshot: bool,
 }
+
+/// A backfill run under the snapshot exported when the slot is created: it gets the
+/// snapshot's name (for `SET TRANSACTION SNAPSHOT`) and must finish reading before it
+/// returns, because the snapshot ends when streaming starts.
+pub type Backfill<'a> = Box<
+    dyn FnOnce(String) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> + Send + 'a,
+>;
 
 /// Everything a replication session needs.
 #[derive(Debug, Clone)]
@@ -133,7 +140,7 @@ pub struct SessionInfo {
     pub publication_created: bool,
     /// The slot's confirmed position before we started (the slot's creation point if new).
     pub confirmed_flush: Lsn,
-    /// The exported snapshot's name, when one was asked for.
+    /// The exported snapshot's name, when a backfill asked for one.
     pub snapshot: Option<String>,
     /// Where streaming starts: the later of the requested start and the slot's position.
     pub start_lsn: Lsn,
@@ -210,6 +217,33 @@ impl ReplicationStream {
     /// Fails fast: a caller that wants to wait for the server retries on
     /// [`StreamError::is_transient`].
     pub async fn open(cfg: StreamConfig) -> Result<ReplicationStream, StreamError> {
+        Self::open_inner(cfg, None).await
+    }
+
+    /// Create the slot with an exported snapshot, run `backfill` under that snapshot, then
+    /// stream from the slot's consistent point. What the backfill reads plus what the
+    /// stream delivers is every row exactly once: the snapshot shows exactly the
+    /// transactions committed before the slot's starting point.
+    ///
+    /// The slot must not exist yet (a snapshot is exported only when a slot is created),
+    /// and `create_slot` must be set and not temporary-with-reconnects in mind.
+    pub async fn open_with_backfill(
+        cfg: StreamConfig,
+        backfill: Backfill<'_>,
+    ) -> Result<ReplicationStream, StreamError> {
+        if cfg.create_slot.is_none() {
+            return Err(StreamError::Config(
+                "a backfill needs create_slot: the snapshot is exported when the slot is created"
+                    .to_owned(),
+            ));
+        }
+        Self::open_inner(cfg, Some(backfill)).await
+    }
+
+    async fn open_inner(
+        cfg: StreamConfig,
+        backfill: Option<Backfill<'_>>,
+    ) -> Result<ReplicationStream, StreamError> {
         validate_slot_name(&cfg.slot)?;
         validate_publication_name(&cfg.publication)?;
         if cfg.chunk_changes == 0 || cfg.chunk_bytes == 0 {
@@ -217,7 +251,7 @@ impl ReplicationStream {
                 "chunk limits must be at least 1".to_owned(),
             ));
         }
-        let (client, info) = start_session(&cfg, cfg.start_lsn, true).await?;
+        let (client, info) = start_session(&cfg, cfg.start_lsn, Session::First(backfill)).await?;
         let (notify, ack_changed) = watch::channel(());
         let acker = Acker {
             acked: Arc::new(AtomicU64::new(0)),
@@ -404,7 +438,7 @@ impl ReplicationStream {
             }
             tokio::time::sleep(delay).await;
             attempt = attempt.saturating_add(1);
-            match start_session(&self.cfg, resume, false).await {
+            match start_session(&self.cfg, resume, Session::Resume).await {
                 Ok((client, _)) => {
                     tracing::info!(resume_lsn = %resume, attempt, "replication session resumed");
                     self.client = client;
@@ -444,12 +478,24 @@ impl ReplicationStream {
     }
 }
 
+/// Which session of a stream is being started.
+enum Session<'a> {
+    /// The first: may create the slot and publication, and run a backfill.
+    First(Option<Backfill<'a>>),
+    /// A reconnect: everything must exist already.
+    Resume,
+}
+
 /// Open a gated replication session, run the checks, create what is asked, start.
 async fn start_session(
     cfg: &StreamConfig,
     start_lsn: Lsn,
-    first: bool,
+    session: Session<'_>,
 ) -> Result<(ReplicationClient, SessionInfo), StreamError> {
+    let (first, backfill) = match session {
+        Session::First(backfill) => (true, backfill),
+        Session::Resume => (false, None),
+    };
     let target = cfg.dsn.target();
     let wire = |e| StreamError::from_wire(e, &target);
     let mut rcfg = ReplicationConfig::new(
@@ -600,7 +646,7 @@ async fn start_session(
                     "CREATE_REPLICATION_SLOT {}{} LOGICAL pgoutput {}",
                     cfg.slot,
                     if creation.temporary { " TEMPORARY" } else { "" },
-                    if creation.export_snapshot {
+                    if backfill.is_some() {
                         "EXPORT_SNAPSHOT"
                     } else {
                         "NOEXPORT_SNAPSHOT"
@@ -615,6 +661,14 @@ async fn start_session(
                     .unwrap_or(Lsn::ZERO);
                 snapshot = row.get(2).cloned().flatten();
                 slot_created = true;
+                if let Some(backfill) = backfill {
+                    // The snapshot lives until this session's next command: back-fill now,
+                    // with the session idle, and start streaming only afterwards.
+                    let name = snapshot.clone().ok_or_else(|| {
+                        StreamError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into())
+                    })?;
+                    backfill(name).await.map_err(StreamError::Backfill)?;
+                }
             }
             _ => {
                 return Err(StreamError::SlotMissing {
