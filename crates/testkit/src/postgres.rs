@@ -20,7 +20,6 @@
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -33,7 +32,7 @@ use tempfile::TempDir;
 use crate::TestkitError;
 use crate::process::{Signal, alive, resume, signal, wait_gone};
 use crate::run_as::RunAs;
-use crate::server_log::{log_len, log_since, log_tail};
+use crate::server_log::{log_tail, start_on_free_port};
 
 /// The superuser created by `initdb`.
 const SUPERUSER: &str = "pgprism";
@@ -41,8 +40,6 @@ const SUPERUSER: &str = "pgprism";
 const PASSWORD: &str = "pgprism-secret";
 /// The only address the server listens on.
 const HOST: &str = "127.0.0.1";
-/// How often start picks a new port after finding the old one taken.
-const START_ATTEMPTS: usize = 5;
 /// `pg_ctl -t`: seconds to wait for start or stop.
 const PG_CTL_TIMEOUT_SECS: &str = "60";
 /// Lines of server log quoted in errors.
@@ -165,25 +162,16 @@ impl PgBuilder {
         };
         server.init()?;
         let settings = self.render_settings(server.socket_dir());
-        for attempt in 1..=START_ATTEMPTS {
-            server.port = free_port()?;
+        let log_file = server.log_file.clone();
+        server.port = start_on_free_port(&log_file, |port| {
+            server.port = port;
             server.run_as.write(
                 &server.data_dir.join(CONF_FILE),
-                &format!("port = {}\n{settings}", server.port),
+                &format!("port = {port}\n{settings}"),
             )?;
-            let log_before = log_len(&server.log_file);
-            match server.start_again() {
-                Ok(()) => return Ok(server),
-                Err(e) => {
-                    let port_taken =
-                        log_since(&server.log_file, log_before).contains("Address already in use");
-                    if !port_taken || attempt == START_ATTEMPTS {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        unreachable!("the last attempt returns")
+            server.start_again()
+        })?;
+        Ok(server)
     }
 
     fn render_settings(&self, socket_dir: &Path) -> String {
@@ -475,14 +463,6 @@ impl Drop for PgServer {
             wait_gone(pid, Duration::from_secs(5));
         }
     }
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> Result<u16, TestkitError> {
-    TcpListener::bind((HOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(TestkitError::io("finding a free port"))
 }
 
 /// Remove libpq's and the server's `PG*` variables (PGSSLMODE, PGOPTIONS, PGDATA, …) from

@@ -11,7 +11,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -21,12 +21,10 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::TestkitError;
-use crate::server_log::{log_len, log_since, log_tail};
+use crate::server_log::{log_tail, start_on_free_port};
 
 /// How long to wait for the first `+PONG`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often start picks a new port after finding the old one taken.
-const START_ATTEMPTS: usize = 5;
 /// Lines of server log quoted in errors.
 const LOG_TAIL_LINES: usize = 20;
 
@@ -58,24 +56,12 @@ impl RedisBuilder {
             bin,
             child: Mutex::new(None),
         };
-        for attempt in 1..=START_ATTEMPTS {
-            server.port = TcpListener::bind(("127.0.0.1", 0))
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .map_err(TestkitError::io("finding a free port"))?;
-            let log_before = log_len(&server.log_file);
-            match server.spawn() {
-                Ok(()) => return Ok(server),
-                Err(e) => {
-                    let port_taken =
-                        log_since(&server.log_file, log_before).contains("Address already in use");
-                    if !port_taken || attempt == START_ATTEMPTS {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        unreachable!("the last attempt returns")
+        let log_file = server.log_file.clone();
+        server.port = start_on_free_port(&log_file, |port| {
+            server.port = port;
+            server.spawn()
+        })?;
+        Ok(server)
     }
 }
 
