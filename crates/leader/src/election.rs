@@ -1,0 +1,324 @@
+//! Advisory-lock election with epochs, heartbeats, and takeover of a stuck leader.
+//!
+//! Each replica campaigns on its own plain session to the source. The lock is
+//! session-level, so it lasts exactly as long as that session: if the leader's process
+//! dies, Postgres sees the socket close, ends the backend, and the lock is free within
+//! one `retry_interval` of a standby.
+//!
+//! A leader that is alive at the TCP level but frozen (SIGSTOP, a GC-style pause, a hung
+//! disk) keeps its lock. Its heartbeat (`pgprism.pipelines.heartbeat_at`, written with the
+//! server's clock, so replica clock skew does not matter) goes stale; a standby that sees
+//! it older than `takeover_after` terminates the lock holder's backend, found in
+//! `pg_locks`, and takes the lock. When the frozen leader wakes up its session is gone:
+//! it learns it lost, and its pending sink commits fail the fence in any case.
+
+use std::time::Duration;
+
+use pgprism_decoder::stream::SourceDsn;
+use tokio::sync::watch;
+use tokio_postgres::{Client, NoTls};
+
+use crate::{Epoch, LeaderError, schema};
+
+/// Default interval between a standby's attempts to take the lock.
+pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Default interval between the leader's heartbeats.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default age of the heartbeat after which a standby replaces the leader.
+pub const DEFAULT_TAKEOVER_AFTER: Duration = Duration::from_secs(5);
+
+/// Election settings.
+#[derive(Debug, Clone)]
+pub struct LeaderConfig {
+    /// The pipeline whose leader is elected (any text; it is only ever a parameter).
+    pub pipeline: String,
+    /// This replica's name, shown in `pgprism.pipelines.leader`.
+    pub replica_id: String,
+    /// Interval between a standby's attempts.
+    pub retry_interval: Duration,
+    /// Interval between the leader's heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Heartbeat age after which a standby terminates the leader's session.
+    pub takeover_after: Duration,
+    /// The advisory lock key; derived from the pipeline name when `None`.
+    pub lock_key: Option<i64>,
+}
+
+impl LeaderConfig {
+    /// Defaults for everything but the names.
+    pub fn new(pipeline: impl Into<String>, replica_id: impl Into<String>) -> LeaderConfig {
+        LeaderConfig {
+            pipeline: pipeline.into(),
+            replica_id: replica_id.into(),
+            retry_interval: DEFAULT_RETRY_INTERVAL,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            takeover_after: DEFAULT_TAKEOVER_AFTER,
+            lock_key: None,
+        }
+    }
+
+    fn key(&self) -> i64 {
+        self.lock_key.unwrap_or_else(|| lock_key(&self.pipeline))
+    }
+}
+
+/// The advisory lock key of a pipeline: FNV-1a (64 bit) of its name in UTF-8, stable
+/// across versions, platforms and processes (unlike `std`'s hasher).
+pub fn lock_key(pipeline: &str) -> i64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = pipeline
+        .bytes()
+        .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME));
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+/// A replica's candidacy for one pipeline.
+#[derive(Debug)]
+pub struct Election {
+    cfg: LeaderConfig,
+    dsn: SourceDsn,
+}
+
+/// Being the leader. Dropping it ends the lock session, which releases the lock.
+#[derive(Debug)]
+pub struct Leadership {
+    epoch: Epoch,
+    lost: watch::Receiver<bool>,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl Leadership {
+    /// This leader's epoch: stamp it on every sink and pass it to every fenced commit.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Whether leadership is known lost (session ended, epoch superseded).
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+
+    /// Resolves once leadership is lost; select on it to stop writing at once.
+    pub async fn lost(&mut self) {
+        // The sender is dropped only when the heartbeat task ends, which marks it lost first.
+        let _ = self.lost.wait_for(|lost| *lost).await;
+    }
+
+    /// Give up leadership now: end the lock session so a standby takes over at once.
+    pub async fn release(mut self) {
+        self.heartbeat.abort();
+        let _ = (&mut self.heartbeat).await;
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
+impl Election {
+    /// A candidacy for `cfg.pipeline` on the source at `dsn`.
+    pub fn new(cfg: LeaderConfig, dsn: SourceDsn) -> Election {
+        Election { cfg, dsn }
+    }
+
+    /// Campaign until this replica leads (`Some`) or `shutdown` becomes true (`None`).
+    /// A standby also replaces a leader whose heartbeat is older than `takeover_after`.
+    pub async fn campaign(
+        &self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<Option<Leadership>, LeaderError> {
+        let key = self.cfg.key();
+        loop {
+            if *shutdown.borrow() {
+                return Ok(None);
+            }
+            match self.try_lead(key).await {
+                Ok(Some(leadership)) => return Ok(Some(leadership)),
+                Ok(None) => {}
+                Err(e @ LeaderError::LockKeyCollision { .. }) => return Err(e),
+                // The source being unreachable is not fatal for a standby: try again.
+                Err(e) => {
+                    tracing::warn!(error = %e, pipeline = %self.cfg.pipeline, "election attempt failed")
+                }
+            }
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                () = tokio::time::sleep(self.cfg.retry_interval) => {}
+            }
+        }
+    }
+
+    /// One attempt: connect, try the lock; lead, or replace a stuck leader and report no.
+    async fn try_lead(&self, key: i64) -> Result<Option<Leadership>, LeaderError> {
+        let (client, connection) = self
+            .dsn
+            .sql_config()
+            .connect(NoTls)
+            .await
+            .map_err(LeaderError::db("connecting to the source for the election"))?;
+        let (lost_tx, lost_rx) = watch::channel(false);
+        // The session is the lock: when it ends, leadership ends.
+        let session = tokio::spawn(connection);
+        schema::ensure_source(&client).await?;
+        self.register_key(&client, key).await?;
+
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await
+            .map_err(LeaderError::db("trying the leader lock"))?
+            .get(0);
+        if !locked {
+            self.replace_stuck_leader(&client, key).await?;
+            drop(client);
+            let _ = session.await;
+            return Ok(None);
+        }
+        let epoch = Epoch(
+            client
+                .query_one(
+                    "INSERT INTO pgprism.pipelines AS p (name, epoch, leader, leader_pid, heartbeat_at)
+                     VALUES ($1, 1, $2, pg_backend_pid(), clock_timestamp())
+                     ON CONFLICT (name) DO UPDATE
+                        SET epoch = p.epoch + 1, leader = EXCLUDED.leader,
+                            leader_pid = EXCLUDED.leader_pid, heartbeat_at = EXCLUDED.heartbeat_at
+                     RETURNING epoch",
+                    &[&self.cfg.pipeline, &self.cfg.replica_id],
+                )
+                .await
+                .map_err(LeaderError::db("allocating an epoch"))?
+                .get(0),
+        );
+        tracing::info!(pipeline = %self.cfg.pipeline, epoch = epoch.0, replica = %self.cfg.replica_id, "leading");
+        let heartbeat = tokio::spawn(heartbeat(
+            client,
+            session,
+            self.cfg.pipeline.clone(),
+            epoch,
+            self.cfg.heartbeat_interval,
+            lost_tx,
+        ));
+        Ok(Some(Leadership {
+            epoch,
+            lost: lost_rx,
+            heartbeat,
+        }))
+    }
+
+    /// Refuse to share a lock key with another pipeline (it would make them exclude each
+    /// other, and their leaders' epochs would be unrelated).
+    async fn register_key(&self, client: &Client, key: i64) -> Result<(), LeaderError> {
+        let row = client
+            .query_one(
+                "WITH ins AS (
+                     INSERT INTO pgprism.lock_keys (key, pipeline) VALUES ($1, $2)
+                     ON CONFLICT DO NOTHING RETURNING pipeline)
+                 SELECT pipeline FROM ins
+                 UNION ALL SELECT pipeline FROM pgprism.lock_keys WHERE key = $1
+                 LIMIT 1",
+                &[&key, &self.cfg.pipeline],
+            )
+            .await
+            .map_err(LeaderError::db("registering the lock key"))?;
+        let owner: String = row.get(0);
+        if owner != self.cfg.pipeline {
+            return Err(LeaderError::LockKeyCollision {
+                key,
+                ours: self.cfg.pipeline.clone(),
+                other: owner,
+            });
+        }
+        Ok(())
+    }
+
+    /// If the leader's heartbeat is older than `takeover_after`, terminate the backend
+    /// holding the lock; the next attempt (ours or another standby's) then gets it.
+    async fn replace_stuck_leader(&self, client: &Client, key: i64) -> Result<(), LeaderError> {
+        let row = client
+            .query_opt(
+                "SELECT extract(epoch FROM clock_timestamp() - heartbeat_at)::float8, leader
+                   FROM pgprism.pipelines WHERE name = $1",
+                &[&self.cfg.pipeline],
+            )
+            .await
+            .map_err(LeaderError::db("reading the leader's heartbeat"))?;
+        let Some(row) = row else { return Ok(()) };
+        let age: Option<f64> = row.get(0);
+        let leader: Option<String> = row.get(1);
+        if age.is_none_or(|a| a <= self.cfg.takeover_after.as_secs_f64()) {
+            return Ok(());
+        }
+        // A bigint advisory lock shows in pg_locks as classid = high 32 bits,
+        // objid = low 32 bits, objsubid = 1.
+        let hi = (key >> 32) & 0xFFFF_FFFF;
+        let lo = key & 0xFFFF_FFFF;
+        let killed = client
+            .query(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_locks
+                  WHERE locktype = 'advisory' AND granted AND objsubid = 1
+                    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                    AND classid::bigint = $1 AND objid::bigint = $2",
+                &[&hi, &lo],
+            )
+            .await
+            .map_err(LeaderError::db("terminating a stuck leader"))?;
+        for row in killed {
+            let pid: i32 = row.get(0);
+            tracing::warn!(pipeline = %self.cfg.pipeline, leader = ?leader, pid,
+                heartbeat_age_s = age.unwrap_or_default(), "leader heartbeat stale; terminated its session");
+        }
+        Ok(())
+    }
+}
+
+/// The leader's heartbeat: every `interval`, stamp the heartbeat if our epoch is still the
+/// pipeline's. Lost on the first failure, on a newer epoch, or when the session ends.
+async fn heartbeat(
+    client: Client,
+    mut session: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    pipeline: String,
+    epoch: Epoch,
+    interval: Duration,
+    lost: watch::Sender<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let reason = loop {
+        tokio::select! {
+            // The session ending (terminated, network gone) is noticed without waiting for
+            // the next heartbeat.
+            ended = &mut session => break format!("lock session ended: {ended:?}"),
+            _ = tick.tick() => {
+                match client
+                    .execute(
+                        "UPDATE pgprism.pipelines SET heartbeat_at = clock_timestamp()
+                          WHERE name = $1 AND epoch = $2",
+                        &[&pipeline, &epoch.0],
+                    )
+                    .await
+                {
+                    Ok(1) => {}
+                    Ok(_) => break "a newer epoch took over".to_owned(),
+                    Err(e) => break format!("heartbeat failed: {e}"),
+                }
+            }
+        }
+    };
+    tracing::warn!(pipeline = %pipeline, epoch = epoch.0, reason = %reason, "leadership lost");
+    lost.send_replace(true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_keys_are_stable() {
+        // Pinned: a change here would let two versions of pgprism lead at once.
+        assert_eq!(lock_key(""), 0xcbf2_9ce4_8422_2325_u64 as i64);
+        assert_eq!(lock_key("a"), 0xaf63_dc4c_8601_ec8c_u64 as i64);
+        assert_ne!(lock_key("orders"), lock_key("orders "));
+    }
+}

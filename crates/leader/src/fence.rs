@@ -1,0 +1,250 @@
+//! The offsets store of a Postgres sink and the fence every sink commit goes through.
+//!
+//! Contract for sinks: apply a batch and call [`PgFence::commit_offset`] in the **same**
+//! transaction, then commit. If `commit_offset` fails, roll back: with
+//! [`LeaderError::Fenced`] a newer leader owns the sink and this replica must step down.
+//!
+//! Why it is safe: a new leader [stamps](PgFence::stamp) its epoch on the offset row
+//! before it reads the offset. An old leader's commit updates the row only
+//! `WHERE epoch <= old`: if it runs after the stamp it matches nothing and rolls back; if
+//! it runs before, it is ordinary progress that the new leader then reads and resumes
+//! after; if it runs concurrently, the row lock orders the two and Postgres re-checks the
+//! `WHERE` against the stamped row. No write of an old epoch can land after the stamp.
+
+use pgprism_decoder::Lsn;
+use tokio_postgres::{Client, GenericClient};
+
+use crate::error::position;
+use crate::{Epoch, LeaderError, schema};
+
+/// A durable position in a sink. Ordered: offsets only grow (except by a replay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Offset {
+    /// With `changes_done == 0`: the end of the last whole transaction applied. Otherwise
+    /// the commit LSN of a transaction applied in chunks.
+    pub resume_lsn: Lsn,
+    /// How many changes of the transaction at `resume_lsn` are durable (0: none pending).
+    pub changes_done: u64,
+}
+
+impl Offset {
+    /// Everything up to the end of a whole transaction.
+    pub fn after_transaction(end_lsn: Lsn) -> Offset {
+        Offset {
+            resume_lsn: end_lsn,
+            changes_done: 0,
+        }
+    }
+
+    /// The first `changes` changes of the transaction committed at `commit_lsn`.
+    pub fn inside_transaction(commit_lsn: Lsn, changes: u64) -> Offset {
+        Offset {
+            resume_lsn: commit_lsn,
+            changes_done: changes,
+        }
+    }
+}
+
+/// Whether an offset update may move the offset backwards.
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    Forward,
+    Any,
+}
+
+/// One leader's handle on one sink's offset row.
+#[derive(Debug, Clone)]
+pub struct PgFence {
+    pipeline: String,
+    sink: String,
+    epoch: Epoch,
+}
+
+fn lsn_text(lsn: Lsn) -> String {
+    lsn.to_string()
+}
+
+fn changes_param(sink: &str, n: u64) -> Result<i64, LeaderError> {
+    i64::try_from(n).map_err(|_| LeaderError::Corrupt {
+        sink: sink.to_owned(),
+        detail: format!("change count {n} out of range"),
+    })
+}
+
+fn read_offset(sink: &str, lsn: &str, changes: i64) -> Result<Offset, LeaderError> {
+    let corrupt = |detail: String| LeaderError::Corrupt {
+        sink: sink.to_owned(),
+        detail,
+    };
+    Ok(Offset {
+        resume_lsn: lsn.parse().map_err(|e| corrupt(format!("{e}")))?,
+        changes_done: u64::try_from(changes)
+            .map_err(|_| corrupt(format!("changes_done {changes}")))?,
+    })
+}
+
+impl PgFence {
+    /// Take over a sink for `epoch`: create the offsets table if missing, stamp the epoch
+    /// on the sink's row (creating it at `0/0`), and return the durable offset to resume
+    /// from. Fails with [`LeaderError::Fenced`] if a newer epoch already stamped it.
+    pub async fn stamp(
+        client: &Client,
+        pipeline: &str,
+        sink: &str,
+        epoch: Epoch,
+    ) -> Result<(PgFence, Offset), LeaderError> {
+        schema::ensure_sink(client).await?;
+        let row = client
+            .query_one(
+                "WITH ins AS (
+                     INSERT INTO pgprism.offsets (pipeline, sink, epoch) VALUES ($1, $2, $3)
+                     ON CONFLICT (pipeline, sink) DO UPDATE
+                        SET epoch = EXCLUDED.epoch, updated_at = clock_timestamp()
+                      WHERE pgprism.offsets.epoch <= EXCLUDED.epoch
+                     RETURNING resume_lsn::text, changes_done, epoch)
+                 SELECT * FROM ins
+                 UNION ALL
+                 SELECT resume_lsn::text, changes_done, epoch FROM pgprism.offsets
+                  WHERE pipeline = $1 AND sink = $2 AND NOT EXISTS (SELECT 1 FROM ins)",
+                &[&pipeline, &sink, &epoch.0],
+            )
+            .await
+            .map_err(LeaderError::db("stamping the epoch on the sink's offset"))?;
+        let current = Epoch(row.get(2));
+        if current > epoch {
+            return Err(LeaderError::Fenced {
+                pipeline: pipeline.to_owned(),
+                sink: sink.to_owned(),
+                ours: epoch,
+                current,
+            });
+        }
+        let offset = read_offset(sink, row.get(0), row.get(1))?;
+        Ok((
+            PgFence {
+                pipeline: pipeline.to_owned(),
+                sink: sink.to_owned(),
+                epoch,
+            },
+            offset,
+        ))
+    }
+
+    /// The epoch this fence writes with.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Inside the sink's transaction: move the offset to `to` if our epoch still owns the
+    /// sink and `to` is not behind the stored offset. Roll back on any error.
+    pub async fn commit_offset(
+        &self,
+        tx: &impl GenericClient,
+        to: Offset,
+    ) -> Result<(), LeaderError> {
+        self.set(tx, to, Direction::Forward).await
+    }
+
+    /// Rewind the offset to `to` for a replay (the one way an offset moves backwards),
+    /// under the same fence.
+    pub async fn rewind(&self, tx: &impl GenericClient, to: Offset) -> Result<(), LeaderError> {
+        self.set(tx, to, Direction::Any).await
+    }
+
+    async fn set(
+        &self,
+        tx: &impl GenericClient,
+        to: Offset,
+        direction: Direction,
+    ) -> Result<(), LeaderError> {
+        let n = changes_param(&self.sink, to.changes_done)?;
+        let (sql, context) = match direction {
+            Direction::Forward => (
+                "UPDATE pgprism.offsets
+                    SET resume_lsn = $4::text::pg_lsn, changes_done = $5, epoch = $3,
+                        updated_at = clock_timestamp()
+                  WHERE pipeline = $1 AND sink = $2 AND epoch <= $3
+                    AND (resume_lsn, changes_done) <= ($4::text::pg_lsn, $5)",
+                "committing the sink's offset",
+            ),
+            Direction::Any => (
+                "UPDATE pgprism.offsets
+                    SET resume_lsn = $4::text::pg_lsn, changes_done = $5, epoch = $3,
+                        updated_at = clock_timestamp()
+                  WHERE pipeline = $1 AND sink = $2 AND epoch <= $3",
+                "rewinding the sink's offset",
+            ),
+        };
+        let updated = tx
+            .execute(
+                sql,
+                &[
+                    &self.pipeline,
+                    &self.sink,
+                    &self.epoch.0,
+                    &lsn_text(to.resume_lsn),
+                    &n,
+                ],
+            )
+            .await
+            .map_err(LeaderError::db(context))?;
+        if updated == 1 {
+            return Ok(());
+        }
+        Err(self.why_not(tx, to).await?)
+    }
+
+    /// After an update matched no row: fenced, or backwards?
+    async fn why_not(
+        &self,
+        tx: &impl GenericClient,
+        to: Offset,
+    ) -> Result<LeaderError, LeaderError> {
+        let row = tx
+            .query_opt(
+                "SELECT resume_lsn::text, changes_done, epoch FROM pgprism.offsets
+                  WHERE pipeline = $1 AND sink = $2",
+                &[&self.pipeline, &self.sink],
+            )
+            .await
+            .map_err(LeaderError::db("reading the sink's offset"))?;
+        let Some(row) = row else {
+            return Ok(LeaderError::Corrupt {
+                sink: self.sink.clone(),
+                detail: "the offset row is gone; stamp the sink again".to_owned(),
+            });
+        };
+        let current = Epoch(row.get(2));
+        if current > self.epoch {
+            return Ok(LeaderError::Fenced {
+                pipeline: self.pipeline.clone(),
+                sink: self.sink.clone(),
+                ours: self.epoch,
+                current,
+            });
+        }
+        let stored = read_offset(&self.sink, row.get(0), row.get(1))?;
+        Ok(LeaderError::Backwards {
+            sink: self.sink.clone(),
+            from: position(stored.resume_lsn, stored.changes_done as i64),
+            to: position(to.resume_lsn, to.changes_done as i64),
+        })
+    }
+
+    /// The sink's durable offset (no fence: for status and for resuming).
+    pub async fn read(
+        client: &impl GenericClient,
+        pipeline: &str,
+        sink: &str,
+    ) -> Result<Option<Offset>, LeaderError> {
+        let row = client
+            .query_opt(
+                "SELECT resume_lsn::text, changes_done FROM pgprism.offsets WHERE pipeline = $1 AND sink = $2",
+                &[&pipeline, &sink],
+            )
+            .await
+            .map_err(LeaderError::db("reading the sink's offset"))?;
+        row.map(|r| read_offset(sink, r.get(0), r.get(1)))
+            .transpose()
+    }
+}

@@ -1,0 +1,285 @@
+//! Election, takeover and fencing against a real Postgres.
+
+use std::time::{Duration, Instant};
+
+use pgprism_decoder::Lsn;
+use pgprism_decoder::stream::SourceDsn;
+use pgprism_leader::{Election, Epoch, LeaderConfig, LeaderError, Leadership, Offset, PgFence};
+use pgprism_testkit::PgServer;
+use tokio::sync::watch;
+
+fn fast(pipeline: &str, replica: &str) -> LeaderConfig {
+    let mut cfg = LeaderConfig::new(pipeline, replica);
+    cfg.retry_interval = Duration::from_millis(100);
+    cfg.heartbeat_interval = Duration::from_millis(100);
+    cfg.takeover_after = Duration::from_secs(1);
+    cfg
+}
+
+/// Start a campaign in the background; its leadership (if any) arrives on the channel.
+fn campaign(
+    cfg: LeaderConfig,
+    dsn: &str,
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<Option<Leadership>, LeaderError>>,
+) {
+    let election = Election::new(cfg, SourceDsn::parse(dsn).unwrap());
+    let (stop, rx) = watch::channel(false);
+    (
+        stop,
+        tokio::spawn(async move { election.campaign(rx).await }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_three_leads_and_a_standby_takes_over_on_release() {
+    let pg = PgServer::start().unwrap();
+    let (_, dsn) = pg.fresh_database().unwrap();
+    let mut tasks: Vec<_> = (0..3)
+        .map(|i| campaign(fast("orders", &format!("replica-{i}")), &dsn))
+        .collect();
+    // Wait for exactly one to finish its campaign (as leader).
+    let start = Instant::now();
+    let leader_idx = loop {
+        let done: Vec<usize> = (0..tasks.len())
+            .filter(|&i| tasks[i].1.is_finished())
+            .collect();
+        assert!(done.len() <= 1, "two replicas lead at once: {done:?}");
+        if let [i] = done[..] {
+            // Give the others time to (wrongly) win too.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(
+                (0..tasks.len())
+                    .filter(|&j| tasks[j].1.is_finished())
+                    .count()
+                    == 1,
+                "a second replica believes it leads"
+            );
+            break i;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "nobody leads");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (_, handle) = tasks.remove(leader_idx);
+    let first = handle.await.unwrap().unwrap().expect("leadership");
+    assert_eq!(first.epoch(), Epoch(1));
+    let released = Instant::now();
+    first.release().await;
+    let (winner, took) = loop {
+        if let Some(i) = (0..tasks.len()).find(|&i| tasks[i].1.is_finished()) {
+            break (i, released.elapsed());
+        }
+        assert!(released.elapsed() < Duration::from_secs(5), "no takeover");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let (_, handle) = tasks.remove(winner);
+    let second = handle.await.unwrap().unwrap().expect("leadership");
+    assert_eq!(second.epoch(), Epoch(2), "a new leader gets a new epoch");
+    assert!(took < Duration::from_secs(2), "takeover took {took:?}");
+    for (stop, h) in tasks {
+        stop.send_replace(true);
+        assert!(h.await.unwrap().unwrap().is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_is_replaced_and_learns_it_lost() {
+    let pg = PgServer::start().unwrap();
+    let (_, dsn) = pg.fresh_database().unwrap();
+    // A leader whose heartbeat stops (as under SIGSTOP) while its session stays open.
+    let mut frozen = fast("orders", "frozen");
+    frozen.heartbeat_interval = Duration::from_secs(3600);
+    let (_s, a) = campaign(frozen, &dsn);
+    let mut a = a.await.unwrap().unwrap().unwrap();
+    let (_s2, b) = campaign(fast("orders", "standby"), &dsn);
+    let started = Instant::now();
+    let b = tokio::time::timeout(Duration::from_secs(10), b)
+        .await
+        .expect("standby never took over")
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "took over before the heartbeat was stale"
+    );
+    assert_eq!(b.epoch(), Epoch(2));
+    tokio::time::timeout(Duration::from_secs(5), a.lost())
+        .await
+        .expect("the replaced leader was not told it lost");
+    assert!(a.is_lost());
+    assert!(!b.is_lost());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_cannot_write_to_a_sink() {
+    let pg = PgServer::start().unwrap();
+    let (db, dsn) = pg.fresh_database().unwrap();
+    let sink = pg.client(&db).await.unwrap();
+    sink.batch_execute("CREATE TABLE read_model (id int PRIMARY KEY, epoch bigint)")
+        .await
+        .unwrap();
+    let old = pg.client(&db).await.unwrap();
+
+    let (_s, a) = campaign(fast("orders", "a"), &dsn);
+    let a = a.await.unwrap().unwrap().unwrap();
+    let (fence_a, start) = PgFence::stamp(&old, "orders", "pg", a.epoch())
+        .await
+        .unwrap();
+    assert_eq!(start, Offset::default());
+    // A writes a batch with its offset, fenced: lands.
+    write_batch(&old, &fence_a, 1, Offset::after_transaction(Lsn(100)))
+        .await
+        .unwrap();
+
+    // A is deposed (released here; frozen in the chaos tests) and B leads and stamps.
+    a.release().await;
+    let (_s2, b) = campaign(fast("orders", "b"), &dsn);
+    let b = b.await.unwrap().unwrap().unwrap();
+    let (fence_b, resume) = PgFence::stamp(&sink, "orders", "pg", b.epoch())
+        .await
+        .unwrap();
+    assert_eq!(
+        resume,
+        Offset::after_transaction(Lsn(100)),
+        "B resumes after A's durable work"
+    );
+    write_batch(&sink, &fence_b, 2, Offset::after_transaction(Lsn(200)))
+        .await
+        .unwrap();
+
+    // A wakes up and tries to write: fenced, rolled back, nothing of it lands.
+    let err = write_batch(&old, &fence_a, 3, Offset::after_transaction(Lsn(300)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LeaderError::Fenced {
+                ours: Epoch(1),
+                current: Epoch(2),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let rows: Vec<(i32, i64)> = sink
+        .query("SELECT id, epoch FROM read_model ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        [(1, 1), (2, 2)],
+        "a write of the old epoch landed after the takeover"
+    );
+    assert_eq!(
+        PgFence::read(&sink, "orders", "pg").await.unwrap(),
+        Some(Offset::after_transaction(Lsn(200)))
+    );
+    // Stamping with the old epoch is refused too.
+    assert!(matches!(
+        PgFence::stamp(&old, "orders", "pg", Epoch(1)).await,
+        Err(LeaderError::Fenced { .. })
+    ));
+}
+
+/// A sink batch: one row plus the offset, in one transaction.
+async fn write_batch(
+    client: &tokio_postgres::Client,
+    fence: &PgFence,
+    id: i32,
+    to: Offset,
+) -> Result<(), LeaderError> {
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .execute(
+            "INSERT INTO read_model VALUES ($1, $2)",
+            &[&id, &fence.epoch().0],
+        )
+        .await
+        .unwrap();
+    match fence.commit_offset(client, to).await {
+        Ok(()) => {
+            client.batch_execute("COMMIT").await.unwrap();
+            Ok(())
+        }
+        Err(e) => {
+            client.batch_execute("ROLLBACK").await.unwrap();
+            Err(e)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_only_move_forward_except_by_rewind() {
+    let pg = PgServer::start().unwrap();
+    let (db, _) = pg.fresh_database().unwrap();
+    let c = pg.client(&db).await.unwrap();
+    let (fence, _) = PgFence::stamp(&c, "p", "s", Epoch(1)).await.unwrap();
+    let at = |lsn: u64, n: u64| Offset::inside_transaction(Lsn(lsn), n);
+    fence.commit_offset(&c, at(100, 5)).await.unwrap();
+    fence.commit_offset(&c, at(100, 5)).await.unwrap(); // the same position again is fine
+    fence.commit_offset(&c, at(100, 9)).await.unwrap();
+    fence
+        .commit_offset(&c, Offset::after_transaction(Lsn(180)))
+        .await
+        .unwrap();
+    for back in [at(100, 9), at(179, 1), Offset::after_transaction(Lsn(50))] {
+        let err = fence.commit_offset(&c, back).await.unwrap_err();
+        assert!(matches!(err, LeaderError::Backwards { .. }), "{err}");
+    }
+    assert_eq!(
+        PgFence::read(&c, "p", "s").await.unwrap(),
+        Some(Offset::after_transaction(Lsn(180)))
+    );
+    fence
+        .rewind(&c, Offset::after_transaction(Lsn(50)))
+        .await
+        .unwrap();
+    assert_eq!(
+        PgFence::read(&c, "p", "s").await.unwrap(),
+        Some(Offset::after_transaction(Lsn(50)))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_pipeline_names_and_lock_key_collisions() {
+    let pg = PgServer::start().unwrap();
+    let (db, dsn) = pg.fresh_database().unwrap();
+    let odd = "o'rders \"quoted\" ünï 名前; DROP TABLE x --";
+    let (_s, a) = campaign(fast(odd, "r1"), &dsn);
+    let a = a.await.unwrap().unwrap().unwrap();
+    assert_eq!(a.epoch(), Epoch(1));
+    let c = pg.client(&db).await.unwrap();
+    let (fence, _) = PgFence::stamp(&c, odd, "sink \"x\"", a.epoch())
+        .await
+        .unwrap();
+    fence
+        .commit_offset(&c, Offset::after_transaction(Lsn(7)))
+        .await
+        .unwrap();
+    let stored: String = c
+        .query_one(
+            "SELECT leader FROM pgprism.pipelines WHERE name = $1",
+            &[&odd],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, "r1");
+
+    // Another pipeline forced onto the same key is refused with a message naming both.
+    let mut clash = fast("payments", "r2");
+    clash.lock_key = Some(pgprism_leader::lock_key(odd));
+    let (_s2, b) = campaign(clash, &dsn);
+    let err = b.await.unwrap().unwrap_err();
+    assert!(matches!(err, LeaderError::LockKeyCollision { .. }), "{err}");
+    assert!(
+        err.to_string().contains("payments") && err.to_string().contains("名前"),
+        "{err}"
+    );
+}
