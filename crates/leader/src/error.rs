@@ -55,6 +55,19 @@ pub enum LeaderError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// A replay asked for WAL the slot no longer holds.
+    #[error(
+        "cannot replay from {from}: slot {slot:?} can replay only from {oldest} on (its confirmed position); \
+         to go further back, rebuild the read models from a new slot and snapshot"
+    )]
+    NotReplayable {
+        /// The slot.
+        slot: String,
+        /// The requested LSN.
+        from: Lsn,
+        /// The oldest LSN the slot can still replay from.
+        oldest: Lsn,
+    },
     /// The offset row holds a value we cannot read.
     #[error("corrupt offset row for sink {sink:?}: {detail}")]
     Corrupt {

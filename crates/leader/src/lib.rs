@@ -13,6 +13,9 @@
 //!   `WHERE epoch <= mine`, in the same transaction as the rows it covers. A paused old
 //!   leader that wakes up finds a newer epoch, its transaction rolls back, and it steps down.
 //!
+//! - [`slot`]: taking the replication slot over from a dead leader's walsender, the
+//!   oldest LSN a replay can reach, and the acknowledgement held back by the replay window.
+//!
 //! Being told "you lost" is an optimisation: the fence is what makes stale writes
 //! impossible, because it is checked by the sink's own transaction, not by the replica.
 
@@ -20,6 +23,7 @@ pub mod election;
 mod error;
 pub mod fence;
 mod schema;
+pub mod slot;
 
 pub use election::{Election, LeaderConfig, Leadership, lock_key};
 pub use error::LeaderError;
