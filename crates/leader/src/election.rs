@@ -126,18 +126,28 @@ impl Election {
 
     /// Campaign until this replica leads (`Some`) or `shutdown` becomes true (`None`).
     /// A standby also replaces a leader whose heartbeat is older than `takeover_after`.
+    /// A standby keeps its session between attempts and reconnects only when it fails.
     pub async fn campaign(
         &self,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<Option<Leadership>, LeaderError> {
         let key = self.cfg.key();
+        let mut standby: Option<Session> = None;
         loop {
             if *shutdown.borrow() {
                 return Ok(None);
             }
-            match self.try_lead(key).await {
-                Ok(Some(leadership)) => return Ok(Some(leadership)),
-                Ok(None) => {}
+            let session = match standby.take() {
+                Some(s) if !s.connection.is_finished() => Ok(s),
+                _ => self.connect(key).await,
+            };
+            let attempt = match session {
+                Ok(session) => self.try_lead(session, key).await,
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Ok(Attempt::Lead(leadership)) => return Ok(Some(leadership)),
+                Ok(Attempt::Standby(session)) => standby = Some(session),
                 Err(e @ LeaderError::LockKeyCollision { .. }) => return Err(e),
                 // The source being unreachable is not fatal for a standby: try again.
                 Err(e) => {
@@ -151,30 +161,34 @@ impl Election {
         }
     }
 
-    /// One attempt: connect, try the lock; lead, or replace a stuck leader and report no.
-    async fn try_lead(&self, key: i64) -> Result<Option<Leadership>, LeaderError> {
+    /// A new session for the election: state tables exist and our lock key is ours.
+    async fn connect(&self, key: i64) -> Result<Session, LeaderError> {
         let (client, connection) = self
             .dsn
             .sql_config()
             .connect(NoTls)
             .await
             .map_err(LeaderError::db("connecting to the source for the election"))?;
-        let (lost_tx, lost_rx) = watch::channel(false);
-        // The session is the lock: when it ends, leadership ends.
-        let session = tokio::spawn(connection);
-        schema::ensure_source(&client).await?;
-        self.register_key(&client, key).await?;
+        let session = Session {
+            client,
+            connection: tokio::spawn(connection),
+        };
+        schema::ensure_source(&session.client).await?;
+        self.register_key(&session.client, key).await?;
+        Ok(session)
+    }
 
+    /// One attempt on `session`: lead, or replace a stuck leader and stay a standby.
+    async fn try_lead(&self, session: Session, key: i64) -> Result<Attempt, LeaderError> {
+        let client = &session.client;
         let locked: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
             .await
             .map_err(LeaderError::db("trying the leader lock"))?
             .get(0);
         if !locked {
-            self.replace_stuck_leader(&client, key).await?;
-            drop(client);
-            let _ = session.await;
-            return Ok(None);
+            self.replace_stuck_leader(client, key).await?;
+            return Ok(Attempt::Standby(session));
         }
         let epoch = Epoch(
             client
@@ -192,15 +206,16 @@ impl Election {
                 .get(0),
         );
         tracing::info!(pipeline = %self.cfg.pipeline, epoch = epoch.0, replica = %self.cfg.replica_id, "leading");
+        let (lost_tx, lost_rx) = watch::channel(false);
+        // The session is the lock: when it ends, leadership ends.
         let heartbeat = tokio::spawn(heartbeat(
-            client,
             session,
             self.cfg.pipeline.clone(),
             epoch,
             self.cfg.heartbeat_interval,
             lost_tx,
         ));
-        Ok(Some(Leadership {
+        Ok(Attempt::Lead(Leadership {
             epoch,
             lost: lost_rx,
             heartbeat,
@@ -273,16 +288,31 @@ impl Election {
     }
 }
 
+/// A plain session to the source and the task driving its connection.
+struct Session {
+    client: Client,
+    connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+/// The outcome of one attempt.
+enum Attempt {
+    Lead(Leadership),
+    Standby(Session),
+}
+
 /// The leader's heartbeat: every `interval`, stamp the heartbeat if our epoch is still the
 /// pipeline's. Lost on the first failure, on a newer epoch, or when the session ends.
 async fn heartbeat(
-    client: Client,
-    mut session: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    session: Session,
     pipeline: String,
     epoch: Epoch,
     interval: Duration,
     lost: watch::Sender<bool>,
 ) {
+    let Session {
+        client,
+        connection: mut session,
+    } = session;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason = loop {
