@@ -154,8 +154,15 @@ impl Election {
                     tracing::warn!(error = %e, pipeline = %self.cfg.pipeline, "election attempt failed")
                 }
             }
+            // If the shutdown sender is gone nobody can stop us: keep campaigning at the
+            // retry interval rather than spinning on the closed channel.
+            let stop_requested = async {
+                if shutdown.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
-                _ = shutdown.changed() => {}
+                () = stop_requested => {}
                 () = tokio::time::sleep(self.cfg.retry_interval) => {}
             }
         }
@@ -250,39 +257,37 @@ impl Election {
 
     /// If the leader's heartbeat is older than `takeover_after`, terminate the backend
     /// holding the lock; the next attempt (ours or another standby's) then gets it.
+    ///
+    /// One statement checks the heartbeat and terminates only the recorded leader's
+    /// backend, and only while it holds the lock: a standby that took the lock a moment
+    /// ago (and has not yet recorded itself) is never the one terminated.
     async fn replace_stuck_leader(&self, client: &Client, key: i64) -> Result<(), LeaderError> {
-        let row = client
-            .query_opt(
-                "SELECT extract(epoch FROM clock_timestamp() - heartbeat_at)::float8, leader
-                   FROM pgprism.pipelines WHERE name = $1",
-                &[&self.cfg.pipeline],
-            )
-            .await
-            .map_err(LeaderError::db("reading the leader's heartbeat"))?;
-        let Some(row) = row else { return Ok(()) };
-        let age: Option<f64> = row.get(0);
-        let leader: Option<String> = row.get(1);
-        if age.is_none_or(|a| a <= self.cfg.takeover_after.as_secs_f64()) {
-            return Ok(());
-        }
         // A bigint advisory lock shows in pg_locks as classid = high 32 bits,
         // objid = low 32 bits, objsubid = 1.
         let hi = (key >> 32) & 0xFFFF_FFFF;
         let lo = key & 0xFFFF_FFFF;
         let killed = client
             .query(
-                "SELECT pid, pg_terminate_backend(pid) FROM pg_locks
-                  WHERE locktype = 'advisory' AND granted AND objsubid = 1
-                    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                    AND classid::bigint = $1 AND objid::bigint = $2",
-                &[&hi, &lo],
+                "SELECT p.leader, l.pid,
+                        extract(epoch FROM clock_timestamp() - p.heartbeat_at)::float8,
+                        pg_terminate_backend(l.pid)
+                   FROM pgprism.pipelines p
+                   JOIN pg_locks l ON l.pid = p.leader_pid
+                  WHERE p.name = $1
+                    AND p.heartbeat_at < clock_timestamp() - make_interval(secs => $2)
+                    AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                    AND l.classid::bigint = $3 AND l.objid::bigint = $4",
+                &[&self.cfg.pipeline, &self.cfg.takeover_after.as_secs_f64(), &hi, &lo],
             )
             .await
             .map_err(LeaderError::db("terminating a stuck leader"))?;
         for row in killed {
-            let pid: i32 = row.get(0);
+            let leader: Option<String> = row.get(0);
+            let pid: i32 = row.get(1);
+            let age: f64 = row.get(2);
             tracing::warn!(pipeline = %self.cfg.pipeline, leader = ?leader, pid,
-                heartbeat_age_s = age.unwrap_or_default(), "leader heartbeat stale; terminated its session");
+                heartbeat_age_s = age, "leader heartbeat stale; terminated its session");
         }
         Ok(())
     }

@@ -11,7 +11,10 @@
 //! after; if it runs concurrently, the row lock orders the two and Postgres re-checks the
 //! `WHERE` against the stamped row. No write of an old epoch can land after the stamp.
 
+use std::time::{Duration, Instant};
+
 use pgprism_decoder::Lsn;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, GenericClient};
 
 use crate::error::position;
@@ -43,6 +46,33 @@ impl Offset {
             changes_done: changes,
         }
     }
+}
+
+/// How long one stamping attempt waits for the offset row's lock.
+const STAMP_LOCK_WAIT: Duration = Duration::from_millis(250);
+
+/// Terminate sessions that have sat idle inside a transaction touching the offsets table
+/// for `at_least`: a leader frozen between its fenced update and its commit.
+async fn terminate_idle_holders(client: &Client, at_least: Duration) -> Result<(), LeaderError> {
+    let rows = client
+        .query(
+            "SELECT a.pid, pg_terminate_backend(a.pid) FROM pg_stat_activity a
+              WHERE a.pid <> pg_backend_pid()
+                AND a.state IN ('idle in transaction', 'idle in transaction (aborted)')
+                AND a.state_change < clock_timestamp() - make_interval(secs => $1)
+                AND EXISTS (SELECT 1 FROM pg_locks l
+                             WHERE l.pid = a.pid AND l.relation = 'pgprism.offsets'::regclass)",
+            &[&at_least.as_secs_f64()],
+        )
+        .await
+        .map_err(LeaderError::db(
+            "terminating a frozen holder of the offset row",
+        ))?;
+    for row in rows {
+        let pid: i32 = row.get(0);
+        tracing::warn!(pid, "terminated a session frozen inside a sink transaction");
+    }
+    Ok(())
 }
 
 /// Whether an offset update may move the offset backwards.
@@ -87,47 +117,101 @@ impl PgFence {
     /// Take over a sink for `epoch`: create the offsets table if missing, stamp the epoch
     /// on the sink's row (creating it at `0/0`), and return the durable offset to resume
     /// from. Fails with [`LeaderError::Fenced`] if a newer epoch already stamped it.
+    ///
+    /// A deposed leader frozen inside a sink transaction holds the offset row's lock; once
+    /// the stamp has waited `takeover_after` for it, sessions idle in a transaction on the
+    /// offsets table for that long are terminated (their commit would be fenced anyway).
     pub async fn stamp(
         client: &Client,
         pipeline: &str,
         sink: &str,
         epoch: Epoch,
+        takeover_after: Duration,
     ) -> Result<(PgFence, Offset), LeaderError> {
         schema::ensure_sink(client).await?;
-        let row = client
-            .query_one(
-                "WITH ins AS (
-                     INSERT INTO pgprism.offsets (pipeline, sink, epoch) VALUES ($1, $2, $3)
-                     ON CONFLICT (pipeline, sink) DO UPDATE
-                        SET epoch = EXCLUDED.epoch, updated_at = clock_timestamp()
-                      WHERE pgprism.offsets.epoch <= EXCLUDED.epoch
-                     RETURNING resume_lsn::text, changes_done, epoch)
-                 SELECT * FROM ins
-                 UNION ALL
-                 SELECT resume_lsn::text, changes_done, epoch FROM pgprism.offsets
-                  WHERE pipeline = $1 AND sink = $2 AND NOT EXISTS (SELECT 1 FROM ins)",
-                &[&pipeline, &sink, &epoch.0],
-            )
-            .await
-            .map_err(LeaderError::db("stamping the epoch on the sink's offset"))?;
-        let current = Epoch(row.get(2));
-        if current > epoch {
-            return Err(LeaderError::Fenced {
-                pipeline: pipeline.to_owned(),
-                sink: sink.to_owned(),
-                ours: epoch,
-                current,
-            });
+        let started = Instant::now();
+        loop {
+            match Self::try_stamp(client, pipeline, sink, epoch).await {
+                Ok(Some(row)) => {
+                    let (lsn, changes): (String, i64) = row;
+                    let offset = read_offset(sink, &lsn, changes)?;
+                    let fence = PgFence {
+                        pipeline: pipeline.to_owned(),
+                        sink: sink.to_owned(),
+                        epoch,
+                    };
+                    return Ok((fence, offset));
+                }
+                Ok(None) => {
+                    let current: i64 = client
+                        .query_one(
+                            "SELECT epoch FROM pgprism.offsets WHERE pipeline = $1 AND sink = $2",
+                            &[&pipeline, &sink],
+                        )
+                        .await
+                        .map_err(LeaderError::db("reading the sink's epoch"))?
+                        .get(0);
+                    return Err(LeaderError::Fenced {
+                        pipeline: pipeline.to_owned(),
+                        sink: sink.to_owned(),
+                        ours: epoch,
+                        current: Epoch(current),
+                    });
+                }
+                Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                    if started.elapsed() >= takeover_after {
+                        terminate_idle_holders(client, takeover_after).await?;
+                    }
+                }
+                Err(e) => {
+                    return Err(LeaderError::db("stamping the epoch on the sink's offset")(
+                        e,
+                    ));
+                }
+            }
         }
-        let offset = read_offset(sink, row.get(0), row.get(1))?;
-        Ok((
-            PgFence {
-                pipeline: pipeline.to_owned(),
-                sink: sink.to_owned(),
-                epoch,
-            },
-            offset,
-        ))
+    }
+
+    /// One stamping transaction with a short lock timeout, so a holder that never lets go
+    /// is noticed. `None`: a newer epoch owns the row.
+    async fn try_stamp(
+        client: &Client,
+        pipeline: &str,
+        sink: &str,
+        epoch: Epoch,
+    ) -> Result<Option<(String, i64)>, tokio_postgres::Error> {
+        let result = async {
+            client
+                .batch_execute(&format!(
+                    "BEGIN; SET LOCAL lock_timeout = '{}ms'",
+                    STAMP_LOCK_WAIT.as_millis()
+                ))
+                .await?;
+            client
+                .execute(
+                    "INSERT INTO pgprism.offsets (pipeline, sink, epoch) VALUES ($1, $2, $3)
+                     ON CONFLICT (pipeline, sink) DO NOTHING",
+                    &[&pipeline, &sink, &epoch.0],
+                )
+                .await?;
+            // A separate statement: under READ COMMITTED it sees a newer epoch committed
+            // while the insert waited, so an older epoch can never read it as its own.
+            let row = client
+                .query_opt(
+                    "UPDATE pgprism.offsets SET epoch = $3, updated_at = clock_timestamp()
+                      WHERE pipeline = $1 AND sink = $2 AND epoch <= $3
+                     RETURNING resume_lsn::text, changes_done",
+                    &[&pipeline, &sink, &epoch.0],
+                )
+                .await?;
+            client.batch_execute("COMMIT").await?;
+            Ok(row.map(|r| (r.get(0), r.get(1))))
+        }
+        .await;
+        if result.is_err() {
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        result
     }
 
     /// The epoch this fence writes with.

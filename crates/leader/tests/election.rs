@@ -8,11 +8,14 @@ use pgprism_leader::{Election, Epoch, LeaderConfig, LeaderError, Leadership, Off
 use pgprism_testkit::PgServer;
 use tokio::sync::watch;
 
+/// The takeover delay of these tests.
+const TAKEOVER: Duration = Duration::from_secs(1);
+
 fn fast(pipeline: &str, replica: &str) -> LeaderConfig {
     let mut cfg = LeaderConfig::new(pipeline, replica);
     cfg.retry_interval = Duration::from_millis(100);
     cfg.heartbeat_interval = Duration::from_millis(100);
-    cfg.takeover_after = Duration::from_secs(1);
+    cfg.takeover_after = TAKEOVER;
     cfg
 }
 
@@ -124,7 +127,7 @@ async fn a_deposed_leader_cannot_write_to_a_sink() {
 
     let (_s, a) = campaign(fast("orders", "a"), &dsn);
     let a = a.await.unwrap().unwrap().unwrap();
-    let (fence_a, start) = PgFence::stamp(&old, "orders", "pg", a.epoch())
+    let (fence_a, start) = PgFence::stamp(&old, "orders", "pg", a.epoch(), TAKEOVER)
         .await
         .unwrap();
     assert_eq!(start, Offset::default());
@@ -137,7 +140,7 @@ async fn a_deposed_leader_cannot_write_to_a_sink() {
     a.release().await;
     let (_s2, b) = campaign(fast("orders", "b"), &dsn);
     let b = b.await.unwrap().unwrap().unwrap();
-    let (fence_b, resume) = PgFence::stamp(&sink, "orders", "pg", b.epoch())
+    let (fence_b, resume) = PgFence::stamp(&sink, "orders", "pg", b.epoch(), TAKEOVER)
         .await
         .unwrap();
     assert_eq!(
@@ -182,7 +185,7 @@ async fn a_deposed_leader_cannot_write_to_a_sink() {
     );
     // Stamping with the old epoch is refused too.
     assert!(matches!(
-        PgFence::stamp(&old, "orders", "pg", Epoch(1)).await,
+        PgFence::stamp(&old, "orders", "pg", Epoch(1), TAKEOVER).await,
         Err(LeaderError::Fenced { .. })
     ));
 }
@@ -219,7 +222,9 @@ async fn offsets_only_move_forward_except_by_rewind() {
     let pg = PgServer::start().unwrap();
     let (db, _) = pg.fresh_database().unwrap();
     let c = pg.client(&db).await.unwrap();
-    let (fence, _) = PgFence::stamp(&c, "p", "s", Epoch(1)).await.unwrap();
+    let (fence, _) = PgFence::stamp(&c, "p", "s", Epoch(1), TAKEOVER)
+        .await
+        .unwrap();
     let at = |lsn: u64, n: u64| Offset::inside_transaction(Lsn(lsn), n);
     fence.commit_offset(&c, at(100, 5)).await.unwrap();
     fence.commit_offset(&c, at(100, 5)).await.unwrap(); // the same position again is fine
@@ -255,7 +260,7 @@ async fn odd_pipeline_names_and_lock_key_collisions() {
     let a = a.await.unwrap().unwrap().unwrap();
     assert_eq!(a.epoch(), Epoch(1));
     let c = pg.client(&db).await.unwrap();
-    let (fence, _) = PgFence::stamp(&c, odd, "sink \"x\"", a.epoch())
+    let (fence, _) = PgFence::stamp(&c, odd, "sink \"x\"", a.epoch(), TAKEOVER)
         .await
         .unwrap();
     fence
@@ -280,6 +285,78 @@ async fn odd_pipeline_names_and_lock_key_collisions() {
     assert!(matches!(err, LeaderError::LockKeyCollision { .. }), "{err}");
     assert!(
         err.to_string().contains("payments") && err.to_string().contains("名前"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_frozen_inside_a_sink_transaction_does_not_block_the_next_one() {
+    let pg = PgServer::start().unwrap();
+    let (db, _) = pg.fresh_database().unwrap();
+    let old = pg.client(&db).await.unwrap();
+    let new = pg.client(&db).await.unwrap();
+    let (fence_a, _) = PgFence::stamp(&old, "p", "s", Epoch(1), TAKEOVER)
+        .await
+        .unwrap();
+    // A updates the offset and freezes before COMMIT: it holds the row lock.
+    old.batch_execute("BEGIN").await.unwrap();
+    fence_a
+        .commit_offset(&old, Offset::after_transaction(Lsn(10)))
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let (_, resume) = tokio::time::timeout(
+        Duration::from_secs(10),
+        PgFence::stamp(&new, "p", "s", Epoch(2), TAKEOVER),
+    )
+    .await
+    .expect("the new leader's stamp waited forever behind the frozen one")
+    .unwrap();
+    assert!(
+        started.elapsed() >= TAKEOVER,
+        "terminated a holder before the takeover delay"
+    );
+    assert_eq!(
+        resume,
+        Offset::default(),
+        "the frozen, uncommitted batch did not land"
+    );
+    assert!(
+        old.batch_execute("COMMIT").await.is_err(),
+        "the frozen session was ended"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_epoch_never_stamps_over_a_newer_one() {
+    let pg = PgServer::start().unwrap();
+    let (db, _) = pg.fresh_database().unwrap();
+    let a = pg.client(&db).await.unwrap();
+    let b = pg.client(&db).await.unwrap();
+    let (fence_b, _) = PgFence::stamp(&b, "p", "s", Epoch(2), TAKEOVER)
+        .await
+        .unwrap();
+    // B holds the row while committing progress; A (older) stamps meanwhile.
+    b.batch_execute("BEGIN").await.unwrap();
+    fence_b
+        .commit_offset(&b, Offset::after_transaction(Lsn(100)))
+        .await
+        .unwrap();
+    let stamp_a = tokio::spawn(async move {
+        PgFence::stamp(&a, "p", "s", Epoch(1), Duration::from_secs(30)).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.batch_execute("COMMIT").await.unwrap();
+    let err = stamp_a.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LeaderError::Fenced {
+                current: Epoch(2),
+                ..
+            }
+        ),
         "{err}"
     );
 }
