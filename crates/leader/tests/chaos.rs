@@ -228,37 +228,49 @@ async fn sample(beliefs: &mut Beliefs, log: &Log, sql: &Client) {
     );
 }
 
-/// Sample until a live candidate believes it leads.
-async fn next_leader(beliefs: &mut Beliefs, log: &Log, sql: &Client) -> (String, i64, Instant) {
+/// Call `attempt` every `every` until it yields a value; after `PATIENCE`, fail saying
+/// `what` with the tail of the candidates' output.
+async fn eventually<T>(
+    log: &Log,
+    every: Duration,
+    what: impl Fn() -> String,
+    mut attempt: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        sample(beliefs, log, sql).await;
-        if let Some(leader) = beliefs.leader() {
-            return leader;
+        if let Some(found) = attempt().await {
+            return found;
         }
-        assert!(Instant::now() < deadline, "nobody leads\n{}", log.tail());
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(Instant::now() < deadline, "{}\n{}", what(), log.tail());
+        tokio::time::sleep(every).await;
     }
+}
+
+/// Sample until a live candidate believes it leads.
+async fn next_leader(beliefs: &mut Beliefs, log: &Log, sql: &Client) -> (String, i64, Instant) {
+    let every = Duration::from_millis(5);
+    eventually(
+        log,
+        every,
+        || "nobody leads".to_owned(),
+        async || {
+            sample(beliefs, log, sql).await;
+            beliefs.leader()
+        },
+    )
+    .await
 }
 
 /// Wait for `replica` to print a `role` line read after `after`: `(epoch, when read)`.
 async fn wait_line(log: &Log, replica: &str, after: Instant, role_: Role) -> (i64, Instant) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let found = log.since(0).into_iter().find_map(|l| {
+    let what = || format!("{replica} never printed {role_:?}");
+    eventually(log, Duration::from_millis(5), what, async || {
+        log.since(0).into_iter().find_map(|l| {
             let (r, epoch) = role(&l.text)?;
             (l.replica == replica && l.at > after && r == role_).then_some((epoch, l.at))
-        });
-        if let Some(found) = found {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{replica} never printed {role_:?}\n{}",
-            log.tail()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        })
+    })
+    .await
 }
 
 /// Run `query` (one bigint or NULL); `None` if it is NULL or the sink table does not
@@ -273,19 +285,16 @@ async fn sink_value(sql: &Client, query: &str, epoch: i64) -> Option<i64> {
 
 /// The first row (lowest `seq`) written with `epoch`, once there is one.
 async fn first_row_of(epoch: i64, log: &Log, sql: &Client) -> i64 {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let q = "SELECT min(seq) FROM chaos_writes WHERE epoch = $1";
-        if let Some(seq) = sink_value(sql, q, epoch).await {
-            return seq;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "epoch {epoch} never wrote\n{}",
-            log.tail()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let what = || format!("epoch {epoch} never wrote");
+    eventually(log, Duration::from_millis(10), what, async || {
+        sink_value(
+            sql,
+            "SELECT min(seq) FROM chaos_writes WHERE epoch = $1",
+            epoch,
+        )
+        .await
+    })
+    .await
 }
 
 /// Rows whose epoch is older than that of a row written before them (by `seq`): writes
