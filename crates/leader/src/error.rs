@@ -68,6 +68,14 @@ pub enum LeaderError {
         /// The oldest LSN the slot can still replay from.
         oldest: Lsn,
     },
+    /// A Redis error.
+    #[error("{context}: {message}")]
+    Redis {
+        /// What we were doing.
+        context: &'static str,
+        /// The error.
+        message: String,
+    },
     /// The offset row holds a value we cannot read.
     #[error("corrupt offset row for sink {sink:?}: {detail}")]
     Corrupt {

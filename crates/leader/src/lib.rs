@@ -16,18 +16,22 @@
 //! - [`slot`]: taking the replication slot over from a dead leader's walsender, the
 //!   oldest LSN a replay can reach, and the acknowledgement held back by the replay window.
 //!
+//! - [`redis_fence`]: the same for a Redis sink, in Lua scripts Redis runs atomically.
+//!
 //! Being told "you lost" is an optimisation: the fence is what makes stale writes
 //! impossible, because it is checked by the sink's own transaction, not by the replica.
 
 pub mod election;
 mod error;
 pub mod fence;
+pub mod redis_fence;
 mod schema;
 pub mod slot;
 
 pub use election::{Election, LeaderConfig, Leadership, lock_key};
 pub use error::LeaderError;
 pub use fence::{Offset, PgFence};
+pub use redis_fence::RedisFence;
 
 /// A leader's term. Each new leader of a pipeline gets a larger one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
