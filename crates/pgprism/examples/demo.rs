@@ -47,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     println!(
         "   {} on port {}, schema from sql/ loaded",
-        redacted(&dsn),
+        pgprism_decoder::stream::redact_dsn(&dsn),
         pg.port()
     );
 
@@ -260,10 +260,6 @@ fn workload(
 
 fn step(what: &str) {
     println!("\n▶ {what}");
-}
-
-fn redacted(dsn: &str) -> String {
-    pgprism_decoder::stream::redact_dsn(dsn)
 }
 
 fn short(v: &serde_json::Value) -> String {

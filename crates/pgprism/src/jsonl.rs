@@ -19,7 +19,7 @@ use std::io::Write;
 
 use pgprism_decoder::Lsn;
 use pgprism_decoder::pgoutput::{
-    LogicalMessage, Relation, TupleData, TupleValue, Value, write_json_str,
+    LogicalMessage, OldTuple, Relation, TupleData, TupleValue, Value, write_json_str,
 };
 use pgprism_decoder::stream::{Change, ChangeKind, TxnInfo};
 
@@ -42,12 +42,7 @@ pub fn write_change(out: &mut Vec<u8>, txn: &TxnInfo, change: &Change) {
             row(out, relation, new, false);
             out.extend_from_slice(b",\"old\":");
             match old {
-                Some(old) => row(
-                    out,
-                    relation,
-                    old.data(),
-                    !matches!(old, pgprism_decoder::pgoutput::OldTuple::Full(_)),
-                ),
+                Some(old) => old_row(out, relation, old),
                 None => out.extend_from_slice(b"null"),
             }
             out.extend_from_slice(b",\"unchanged_toast\":[");
@@ -68,12 +63,7 @@ pub fn write_change(out: &mut Vec<u8>, txn: &TxnInfo, change: &Change) {
             out.extend_from_slice(b",\"key\":");
             key(out, relation, old.data());
             out.extend_from_slice(b",\"new\":null,\"old\":");
-            row(
-                out,
-                relation,
-                old.data(),
-                !matches!(old, pgprism_decoder::pgoutput::OldTuple::Full(_)),
-            );
+            old_row(out, relation, old);
             out.extend_from_slice(b",\"unchanged_toast\":[]}\n");
         }
         ChangeKind::Truncate {
@@ -129,22 +119,14 @@ fn positions(out: &mut Vec<u8>, lsn: Lsn, txn: Option<&TxnInfo>) {
 fn head(out: &mut Vec<u8>, lsn: Lsn, txn: Option<&TxnInfo>, op: &str, relation: &Relation) {
     positions(out, lsn, txn);
     let _ = write!(out, ",\"op\":\"{op}\",\"schema\":");
-    // pgoutput sends an empty namespace for pg_catalog
-    write_json_str(
-        out,
-        if relation.namespace.is_empty() {
-            "pg_catalog"
-        } else {
-            &relation.namespace
-        },
-    );
+    write_json_str(out, relation.schema());
     out.extend_from_slice(b",\"table\":");
     write_json_str(out, &relation.name);
 }
 
 /// The identity columns of `tuple`, or `null` when the relation has none.
 fn key(out: &mut Vec<u8>, relation: &Relation, tuple: &TupleData) {
-    if !relation.columns.iter().any(|c| c.is_key) {
+    if relation.key_columns().next().is_none() {
         out.extend_from_slice(b"null");
         return;
     }
@@ -156,6 +138,12 @@ fn key(out: &mut Vec<u8>, relation: &Relation, tuple: &TupleData) {
         }
     }
     out.push(b'}');
+}
+
+/// The old tuple of an update or delete: the whole row under REPLICA IDENTITY FULL, else
+/// only the key columns (Postgres sends the others as nulls).
+fn old_row(out: &mut Vec<u8>, relation: &Relation, old: &OldTuple) {
+    row(out, relation, old.data(), !matches!(old, OldTuple::Full(_)));
 }
 
 /// All columns of `tuple` (only the key columns when `key_only`), unchanged TOAST left out.
