@@ -143,19 +143,17 @@ impl PgFence {
                     return Ok((fence, offset));
                 }
                 Ok(None) => {
-                    let current: i64 = client
-                        .query_one(
-                            "SELECT epoch FROM pgprism.offsets WHERE pipeline = $1 AND sink = $2",
-                            &[&pipeline, &sink],
-                        )
-                        .await
-                        .map_err(LeaderError::db("reading the sink's epoch"))?
-                        .get(0);
+                    let Some((_, current)) = load(client, pipeline, sink).await? else {
+                        return Err(LeaderError::Corrupt {
+                            sink: sink.to_owned(),
+                            detail: "the offset row vanished while stamping".to_owned(),
+                        });
+                    };
                     return Err(LeaderError::Fenced {
                         pipeline: pipeline.to_owned(),
                         sink: sink.to_owned(),
                         ours: epoch,
-                        current: Epoch(current),
+                        current,
                     });
                 }
                 Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
@@ -284,21 +282,12 @@ impl PgFence {
         tx: &impl GenericClient,
         to: Offset,
     ) -> Result<LeaderError, LeaderError> {
-        let row = tx
-            .query_opt(
-                "SELECT resume_lsn::text, changes_done, epoch FROM pgprism.offsets
-                  WHERE pipeline = $1 AND sink = $2",
-                &[&self.pipeline, &self.sink],
-            )
-            .await
-            .map_err(LeaderError::db("reading the sink's offset"))?;
-        let Some(row) = row else {
+        let Some((stored, current)) = load(tx, &self.pipeline, &self.sink).await? else {
             return Ok(LeaderError::Corrupt {
                 sink: self.sink.clone(),
                 detail: "the offset row is gone; stamp the sink again".to_owned(),
             });
         };
-        let current = Epoch(row.get(2));
         if current > self.epoch {
             return Ok(LeaderError::Fenced {
                 pipeline: self.pipeline.clone(),
@@ -307,7 +296,6 @@ impl PgFence {
                 current,
             });
         }
-        let stored = read_offset(&self.sink, row.get(0), row.get(1))?;
         Ok(LeaderError::Backwards {
             sink: self.sink.clone(),
             from: position(stored.resume_lsn, stored.changes_done as i64),
@@ -321,14 +309,26 @@ impl PgFence {
         pipeline: &str,
         sink: &str,
     ) -> Result<Option<Offset>, LeaderError> {
-        let row = client
-            .query_opt(
-                "SELECT resume_lsn::text, changes_done FROM pgprism.offsets WHERE pipeline = $1 AND sink = $2",
-                &[&pipeline, &sink],
-            )
-            .await
-            .map_err(LeaderError::db("reading the sink's offset"))?;
-        row.map(|r| read_offset(sink, r.get(0), r.get(1)))
-            .transpose()
+        Ok(load(client, pipeline, sink)
+            .await?
+            .map(|(offset, _)| offset))
     }
+}
+
+/// The offset row of (pipeline, sink): its position and the epoch that owns it.
+async fn load(
+    client: &impl GenericClient,
+    pipeline: &str,
+    sink: &str,
+) -> Result<Option<(Offset, Epoch)>, LeaderError> {
+    let row = client
+        .query_opt(
+            "SELECT resume_lsn::text, changes_done, epoch FROM pgprism.offsets
+              WHERE pipeline = $1 AND sink = $2",
+            &[&pipeline, &sink],
+        )
+        .await
+        .map_err(LeaderError::db("reading the sink's offset"))?;
+    row.map(|r| Ok((read_offset(sink, r.get(0), r.get(1))?, Epoch(r.get(2)))))
+        .transpose()
 }
