@@ -226,7 +226,7 @@ impl ReplicationStream {
     /// transactions committed before the slot's starting point.
     ///
     /// The slot must not exist yet (a snapshot is exported only when a slot is created),
-    /// and `create_slot` must be set and not temporary-with-reconnects in mind.
+    /// and `create_slot` must be set.
     pub async fn open_with_backfill(
         cfg: StreamConfig,
         backfill: Backfill<'_>,

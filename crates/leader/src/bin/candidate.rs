@@ -32,7 +32,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use pgprism_decoder::Lsn;
-use pgprism_decoder::stream::SourceDsn;
+use pgprism_decoder::stream::{SourceDsn, quote_ident};
 use pgprism_leader::{Election, LeaderConfig, LeaderError, Leadership, Offset, PgFence};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -272,9 +272,4 @@ fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     // Nobody left to read it (the test is gone) is no reason to stop replicating.
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
-}
-
-/// `name` as an SQL identifier.
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
