@@ -1,0 +1,113 @@
+//! The loop from a replication stream into the projector: push chunks, flush on size,
+//! age or an idle stream, and acknowledge the slot only up to what every target has made
+//! durable (held back by the replay window).
+
+use std::time::Duration;
+
+use pgprism_decoder::Lsn;
+use pgprism_decoder::stream::{ReplicationStream, StreamError, StreamEvent};
+use pgprism_leader::slot::slot_ack;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::error::SinkError;
+use crate::projector::{FlushReport, Projector};
+
+/// How soon after the stream goes idle the waiting changes are flushed: long enough to
+/// gather a burst, short enough to keep the read models fresh.
+pub const IDLE_FLUSH_DELAY: Duration = Duration::from_millis(5);
+
+/// Why driving stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    /// A sink failed (fatal, or fenced: step down).
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The stream failed and could not reconnect.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+}
+
+/// Options of [`drive`].
+#[derive(Debug, Clone, Default)]
+pub struct DriveOptions {
+    /// Bytes of WAL the slot keeps behind the durable position, for replays.
+    pub replay_window: u64,
+    /// Return once everything before this LSN is durable (tests, `replay --until`).
+    pub until: Option<Lsn>,
+}
+
+/// Drive `projector` from `stream` until `stop` turns true (or `opts.until` is reached);
+/// what was pushed is flushed and acknowledged before returning. `on_flush` sees every
+/// flush (for metrics and logs).
+pub async fn drive(
+    projector: &mut Projector,
+    stream: &mut ReplicationStream,
+    stop: &mut watch::Receiver<bool>,
+    opts: &DriveOptions,
+    mut on_flush: impl FnMut(&FlushReport),
+) -> Result<(), DriveError> {
+    let acker = stream.acker();
+    let mut idle_at: Option<Instant> = None;
+    let mut wal_end = Lsn(0);
+    let done = |p: &Projector, wal_end: Lsn| {
+        opts.until
+            .is_some_and(|u| p.ack_lsn() >= u || (wal_end >= u && !p.has_unflushed()))
+    };
+    let result: Result<(), DriveError> = async {
+        loop {
+            if *stop.borrow() || done(projector, wal_end) {
+                return Ok(());
+            }
+            let deadline = match (projector.flush_deadline(), idle_at) {
+                (Some(a), Some(i)) => Some(Instant::from_std(a).min(i)),
+                (Some(a), None) => Some(Instant::from_std(a)),
+                (None, _) => None,
+            };
+            let ev = tokio::select! {
+                // Stop first: a stop request must not wait behind a busy stream. Then the
+                // flush deadline, so a busy stream never delays a due flush.
+                biased;
+                _ = stop.changed() => continue,
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    idle_at = None;
+                    let report = projector.flush().await?;
+                    on_flush(&report);
+                    acker.ack(slot_ack(projector.ack_lsn(), opts.replay_window));
+                    continue;
+                }
+                ev = stream.next() => ev?,
+            };
+            match ev {
+                StreamEvent::Chunk(chunk) => {
+                    if let Some(report) = projector.push(&chunk).await? {
+                        on_flush(&report);
+                        acker.ack(slot_ack(projector.ack_lsn(), opts.replay_window));
+                    }
+                }
+                StreamEvent::Idle => {
+                    if projector.has_unflushed() && idle_at.is_none() {
+                        idle_at = Some(Instant::now() + IDLE_FLUSH_DELAY);
+                    }
+                }
+                StreamEvent::Keepalive { wal_end: end } => {
+                    wal_end = end;
+                    if projector.has_unflushed() {
+                        idle_at = None;
+                        let report = projector.flush().await?;
+                        on_flush(&report);
+                    }
+                    acker.ack(slot_ack(projector.ack_lsn(), opts.replay_window));
+                }
+                StreamEvent::Message(_) => {}
+            }
+        }
+    }
+    .await;
+    if result.is_ok() && projector.has_unflushed() {
+        let report = projector.flush().await?;
+        on_flush(&report);
+        acker.ack(slot_ack(projector.ack_lsn(), opts.replay_window));
+    }
+    result
+}

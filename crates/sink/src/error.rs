@@ -1,0 +1,204 @@
+//! What can go wrong in a sink, and the one place that decides what to do about it.
+//!
+//! [`SinkError::class`] decides from the SQLSTATE or the Redis error kind, never from
+//! message text: retry the batch ([`Class::Transient`]), send the offending row to the
+//! dead letters ([`Class::Row`]), or stop the target and tell the operator
+//! ([`Class::Fatal`]).
+
+use pgprism_decoder::pgoutput::DecodeError;
+use pgprism_decoder::stream::{ErrorClass, sqlstate_class};
+use pgprism_leader::LeaderError;
+use redis::RetryMethod;
+
+/// What to do about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Retry the batch after a backoff: connection lost, serialization failure,
+    /// deadlock, read-only replica, lock or statement timeout.
+    Transient,
+    /// The data of one row is unacceptable to the target (constraint, bad value, type
+    /// mismatch): dead-letter that row, go on with the others.
+    Row,
+    /// Retrying cannot help and no single row is to blame (missing table, permissions,
+    /// a newer leader): stop and say why.
+    Fatal,
+}
+
+/// Errors of projections and sink writers.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    /// The projection or target cannot work as configured; the message says the fix.
+    #[error("{target}: {message}")]
+    Config {
+        /// The projection or target name.
+        target: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// From the fence or offsets store; `Fenced` means a newer leader owns the sink.
+    #[error(transparent)]
+    Leader(#[from] LeaderError),
+    /// A Postgres error.
+    #[error("{target}: {context}: {source}")]
+    Postgres {
+        /// The projection or target.
+        target: String,
+        /// What we were doing.
+        context: &'static str,
+        /// The error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A Redis error.
+    #[error("{target}: {context}: {source}")]
+    Redis {
+        /// The target.
+        target: String,
+        /// What we were doing.
+        context: &'static str,
+        /// The error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// A change could not be typed (a value its column type rejects).
+    #[error("{target}: {source}")]
+    Decode {
+        /// The projection.
+        target: String,
+        /// The error.
+        #[source]
+        source: DecodeError,
+    },
+}
+
+impl SinkError {
+    /// Transient, row-level or fatal.
+    pub fn class(&self) -> Class {
+        match self {
+            SinkError::Config { .. } | SinkError::Decode { .. } => Class::Fatal,
+            SinkError::Leader(LeaderError::Db { source, .. }) => pg_class(source),
+            SinkError::Leader(LeaderError::Redis { .. }) => Class::Transient,
+            SinkError::Leader(_) => Class::Fatal,
+            SinkError::Postgres { source, .. } => pg_class(source),
+            SinkError::Redis { source, .. } => redis_class(source),
+        }
+    }
+
+    /// A newer leader owns a sink: stop writing and step down.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, SinkError::Leader(LeaderError::Fenced { .. }))
+    }
+
+    /// The SQLSTATE or Redis error code, for dead letters and logs.
+    pub fn code(&self) -> Option<String> {
+        match self {
+            SinkError::Postgres { source, .. }
+            | SinkError::Leader(LeaderError::Db { source, .. }) => {
+                source.code().map(|c| c.code().to_owned())
+            }
+            SinkError::Redis { source, .. } => source.code().map(str::to_owned),
+            _ => None,
+        }
+    }
+
+    /// The server's own message, without our context (for dead letters).
+    pub fn detail(&self) -> String {
+        match self {
+            SinkError::Postgres { source, .. } => match source.as_db_error() {
+                Some(db) => match db.detail() {
+                    Some(d) => format!("{}: {d}", db.message()),
+                    None => db.message().to_owned(),
+                },
+                None => source.to_string(),
+            },
+            other => other.to_string(),
+        }
+    }
+
+    pub(crate) fn config(target: &str, message: impl Into<String>) -> SinkError {
+        SinkError::Config {
+            target: target.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn pg(
+        target: &str,
+        context: &'static str,
+    ) -> impl FnOnce(tokio_postgres::Error) -> SinkError {
+        let target = target.to_owned();
+        move |source| SinkError::Postgres {
+            target,
+            context,
+            source,
+        }
+    }
+
+    pub(crate) fn redis(
+        target: &str,
+        context: &'static str,
+    ) -> impl FnOnce(redis::RedisError) -> SinkError {
+        let target = target.to_owned();
+        move |source| SinkError::Redis {
+            target,
+            context,
+            source,
+        }
+    }
+}
+
+/// Classify a Postgres error by SQLSTATE (no code: the connection broke).
+pub fn pg_class(e: &tokio_postgres::Error) -> Class {
+    let Some(code) = e.code() else {
+        return Class::Transient;
+    };
+    sqlstate(code.code())
+}
+
+/// Classify a SQLSTATE.
+pub fn sqlstate(code: &str) -> Class {
+    match code {
+        // lock_not_available (lock_timeout), query_canceled (statement_timeout)
+        "55P03" | "57014" => Class::Transient,
+        // datatype_mismatch, and the data_exception / integrity_constraint_violation classes
+        "42804" => Class::Row,
+        c if c.starts_with("22") || c.starts_with("23") => Class::Row,
+        c => match sqlstate_class(c) {
+            ErrorClass::Transient => Class::Transient,
+            ErrorClass::Definite => Class::Fatal,
+        },
+    }
+}
+
+/// Classify a Redis error by kind: what the client would retry or reconnect for is
+/// transient; everything else is fatal (row-level Redis errors come back per key from
+/// our scripts instead, see [`crate::redis`]).
+pub fn redis_class(e: &redis::RedisError) -> Class {
+    match e.retry_method() {
+        RetryMethod::NoRetry => Class::Fatal,
+        _ => Class::Transient,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_decide_the_class() {
+        for transient in [
+            "08006", "40001", "40P01", "25006", "57P01", "55P03", "57014", "53300",
+        ] {
+            assert_eq!(sqlstate(transient), Class::Transient, "{transient}");
+        }
+        for row in [
+            "23505", "23503", "23514", "23502", "22001", "22003", "22P02", "42804",
+        ] {
+            assert_eq!(sqlstate(row), Class::Row, "{row}");
+        }
+        for fatal in ["42P01", "42501", "42703", "42P10", "28P01", "XX000"] {
+            assert_eq!(sqlstate(fatal), Class::Fatal, "{fatal}");
+        }
+    }
+}

@@ -1,0 +1,808 @@
+//! A lane: one projection writing to one target — its pending batch, its writer, its
+//! offset and its dead letters.
+//!
+//! A flush is all-or-nothing per lane. Postgres: one transaction holds the dead-letter
+//! requests carried out, the batch's rows, the new dead letters and the fenced offset
+//! update. Redis: the guarded write scripts, then the offset; the dead letters (in the
+//! source database) are written before the offset moves. A crash at any point leaves
+//! either the old offset (the batch is redelivered; Postgres rolled back, Redis guards
+//! skip what was written) or the new one with everything it covers.
+//!
+//! Rows the target rejects are isolated by bisecting the batch under savepoints, so one
+//! bad row costs a few extra statements, not a row-by-row batch.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgprism_decoder::Lsn;
+use pgprism_decoder::stream::{Backoff, ChangeKind};
+use pgprism_leader::{Offset, PgFence};
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::batch::{Batch, Entry, Key, Position, Shape, key_from_json, key_json, op_from_json};
+use crate::dead_letter::{DeadLetters, Letter, Status, Stored};
+use crate::error::{Class, SinkError};
+use crate::mirror::Mirror;
+use crate::postgres::{Applied, PgTable};
+use crate::query::{KeySet, QueryProjection};
+use crate::redis::RedisWriter;
+
+/// How a projection turns changes into operations.
+#[derive(Debug)]
+pub(crate) enum Logic {
+    Mirror(Mirror),
+    Query(QueryProjection),
+}
+
+/// Changes waiting for the next flush.
+#[derive(Debug)]
+enum Pending {
+    Rows(Batch),
+    Keys(KeySet),
+}
+
+/// A Postgres target's session, table and fence.
+pub(crate) struct PgWriter {
+    pub(crate) config: Config,
+    pub(crate) client: Client,
+    pub(crate) table: PgTable,
+    pub(crate) fence: PgFence,
+}
+
+/// Where a lane writes.
+pub(crate) enum Writer {
+    Postgres(Box<PgWriter>),
+    Redis(Box<RedisWriter>),
+}
+
+/// What a flush did in one lane.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LaneFlush {
+    /// Rows written (upserted or deleted).
+    pub written: u64,
+    /// New dead letters (failed or held).
+    pub dead_letters: u64,
+    /// Transient errors retried.
+    pub retries: u32,
+    /// Whether a retry was for contention (lock wait, timeout, deadlock).
+    pub contended: bool,
+}
+
+/// One projection → one target.
+pub struct Lane {
+    pub(crate) name: String,
+    pub(crate) projection: String,
+    logic: Logic,
+    writer: Writer,
+    source_config: Config,
+    source: Option<Client>,
+    dead: DeadLetters,
+    pending: Option<Pending>,
+    pending_changes: usize,
+    /// The shape of the rows (known from the source catalog at start, kept current).
+    shape: Option<Arc<Shape>>,
+    /// Stored offset.
+    pub(crate) stored: Offset,
+    /// Everything before this is durable in the target or does not concern it.
+    pub(crate) covered: Offset,
+    /// The LSN the slot may be acknowledged to as far as this lane is concerned.
+    pub(crate) ackable: Lsn,
+    last_commit: Instant,
+    backoff: Backoff,
+}
+
+/// Store offsets of lanes with nothing to write at most this often.
+const IDLE_OFFSET_EVERY: Duration = Duration::from_secs(1);
+
+impl std::fmt::Debug for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lane")
+            .field("name", &self.name)
+            .field("stored", &self.stored)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connect a plain SQL session with the text formats pgprism reads and writes.
+pub(crate) async fn connect(config: &Config, what: &str) -> Result<Client, SinkError> {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(SinkError::pg(what, "connecting"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "sink connection ended");
+        }
+    });
+    client
+        .batch_execute(
+            "SET DateStyle = ISO; SET IntervalStyle = postgres; SET TimeZone = 'UTC'; \
+             SET extra_float_digits = 3",
+        )
+        .await
+        .map_err(SinkError::pg(what, "setting session formats"))?;
+    Ok(client)
+}
+
+impl Lane {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        name: String,
+        projection: String,
+        pipeline: &str,
+        logic: Logic,
+        writer: Writer,
+        source_config: Config,
+        shape: Option<Arc<Shape>>,
+        stored: Offset,
+    ) -> Lane {
+        Lane {
+            dead: DeadLetters::new(pipeline, &name),
+            name,
+            projection,
+            logic,
+            writer,
+            source_config,
+            source: None,
+            pending: None,
+            pending_changes: 0,
+            shape,
+            covered: stored,
+            ackable: if stored.changes_done == 0 {
+                stored.resume_lsn
+            } else {
+                Lsn(0)
+            },
+            stored,
+            last_commit: Instant::now(),
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// Changes waiting.
+    pub(crate) fn pending_changes(&self) -> usize {
+        self.pending_changes
+    }
+
+    /// Whether the change at `pos` is already durable here.
+    pub(crate) fn covers(&self, pos: Position) -> bool {
+        let o = self.covered;
+        pos.commit_lsn < o.resume_lsn
+            || (o.changes_done > 0 && pos.commit_lsn == o.resume_lsn && pos.seq < o.changes_done)
+    }
+
+    /// Whether `kind` concerns this lane.
+    pub(crate) fn concerns(&self, kind: &ChangeKind) -> bool {
+        let is_source = |r: &pgprism_decoder::pgoutput::Relation| match &self.logic {
+            Logic::Mirror(m) => m.is_source(r),
+            Logic::Query(q) => q.is_source(r),
+        };
+        match kind {
+            ChangeKind::Insert { relation, .. }
+            | ChangeKind::Update { relation, .. }
+            | ChangeKind::Delete { relation, .. } => is_source(relation),
+            ChangeKind::Truncate { relations, .. } => relations.iter().any(|r| is_source(r)),
+            ChangeKind::Message(_) => false,
+        }
+    }
+
+    /// For a mirror: the shape this change's rows have, if it differs from the pending
+    /// batch's (the batch must be flushed first).
+    pub(crate) fn shape_change(&mut self, kind: &ChangeKind) -> Result<bool, SinkError> {
+        let (Logic::Mirror(m), Some(relation)) = (&mut self.logic, relation_of(kind)) else {
+            return Ok(false);
+        };
+        let shape = m.shape(relation)?;
+        let differs = match &self.pending {
+            Some(Pending::Rows(b)) => *b.shape != *shape && !b.is_empty(),
+            _ => false,
+        };
+        if !differs {
+            if self.shape.as_deref() != Some(&*shape) {
+                if let Writer::Postgres(w) = &self.writer {
+                    let table = &w.table;
+                    table.check_shape(&shape)?;
+                }
+                self.shape = Some(shape.clone());
+            }
+            if let Some(Pending::Rows(b)) = &mut self.pending {
+                b.shape = shape;
+            }
+        }
+        Ok(differs)
+    }
+
+    /// Fold one change in.
+    pub(crate) fn push(&mut self, kind: &ChangeKind, pos: Position) -> Result<(), SinkError> {
+        match &mut self.logic {
+            Logic::Mirror(m) => {
+                let shape = match &self.shape {
+                    Some(s) => s.clone(),
+                    None => return Err(SinkError::config(&self.name, "no row shape known")),
+                };
+                let pending = self
+                    .pending
+                    .get_or_insert_with(|| Pending::Rows(Batch::new(shape)));
+                if let Pending::Rows(b) = pending {
+                    m.route(kind, pos, b)?;
+                }
+            }
+            Logic::Query(q) => {
+                let pending = self
+                    .pending
+                    .get_or_insert_with(|| Pending::Keys(KeySet::default()));
+                if let Pending::Keys(k) = pending {
+                    q.touch(kind, pos, k)?;
+                }
+            }
+        }
+        self.pending_changes += 1;
+        Ok(())
+    }
+
+    /// Make everything pushed so far durable and move the offset to `to`, retrying
+    /// transient errors with backoff. `ack` is what the slot may be acknowledged to once
+    /// this succeeds.
+    pub(crate) async fn flush(&mut self, to: Offset, ack: Lsn) -> Result<LaneFlush, SinkError> {
+        let idle = self.pending.is_none();
+        if idle && (to <= self.stored || self.last_commit.elapsed() < IDLE_OFFSET_EVERY) {
+            // Nothing of ours in between: no write needed for correctness.
+            if to > self.covered {
+                self.covered = to;
+                self.ackable = self.ackable.max(ack);
+            }
+            return Ok(LaneFlush::default());
+        }
+        let mut report = LaneFlush::default();
+        let mut attempt = 0u32;
+        loop {
+            match self.try_flush(to).await {
+                Ok((written, dead)) => {
+                    report.written = written;
+                    report.dead_letters = dead;
+                    self.pending = None;
+                    self.pending_changes = 0;
+                    self.stored = to;
+                    self.covered = to;
+                    self.ackable = self.ackable.max(ack);
+                    self.last_commit = Instant::now();
+                    return Ok(report);
+                }
+                Err(e) if e.class() == Class::Transient && !e.is_fenced() => {
+                    report.retries += 1;
+                    report.contended |= matches!(
+                        e.code().as_deref(),
+                        Some("40P01" | "55P03" | "57014" | "40001")
+                    );
+                    let delay = self.backoff.delay(attempt);
+                    attempt += 1;
+                    tracing::warn!(target_name = %self.name, error = %e, retry_in = ?delay, "transient sink error; retrying the batch");
+                    tokio::time::sleep(delay).await;
+                    self.reconnect_if_closed().await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn reconnect_if_closed(&mut self) {
+        if let Writer::Postgres(w) = &mut self.writer
+            && w.client.is_closed()
+        {
+            match connect(&w.config, &self.name).await {
+                Ok(c) => w.client = c,
+                Err(e) => {
+                    tracing::warn!(target_name = %self.name, error = %e, "reconnecting to the sink failed")
+                }
+            }
+        }
+        if self.source.as_ref().is_some_and(Client::is_closed) {
+            self.source = None;
+        }
+    }
+
+    async fn source(&mut self) -> Result<&Client, SinkError> {
+        if self.source.is_none() {
+            self.source = Some(connect(&self.source_config, &self.name).await?);
+        }
+        Ok(self.source.as_ref().expect("connected above"))
+    }
+
+    /// The batch to write: the pending rows, or the pending keys recomputed now.
+    async fn materialize(&mut self) -> Result<Option<Cow<'_, Batch>>, SinkError> {
+        let keys = match &self.pending {
+            None => return Ok(None),
+            Some(Pending::Rows(_)) => None,
+            Some(Pending::Keys(k)) => Some(k.clone()),
+        };
+        let Some(keys) = keys else {
+            return Ok(match &self.pending {
+                Some(Pending::Rows(b)) => Some(Cow::Borrowed(b)),
+                _ => None,
+            });
+        };
+        let existing = if keys.everything {
+            self.existing_keys().await?
+        } else {
+            Vec::new()
+        };
+        self.source().await?;
+        let (Logic::Query(q), Some(source)) = (&mut self.logic, &self.source) else {
+            return Ok(None);
+        };
+        let batch = q.resolve(source, keys, existing).await?;
+        self.shape = Some(batch.shape.clone());
+        Ok(Some(Cow::Owned(batch)))
+    }
+
+    /// The keys present in the target now (a source table of a query projection was
+    /// truncated: each must be recomputed).
+    async fn existing_keys(&mut self) -> Result<Vec<Key>, SinkError> {
+        self.source().await?;
+        let (Logic::Query(q), Some(source)) = (&mut self.logic, &self.source) else {
+            return Ok(Vec::new());
+        };
+        let shape = q.prepare(source).await?;
+        match &mut self.writer {
+            Writer::Postgres(w) => {
+                let (client, table) = (&w.client, &w.table);
+                let cols = shape
+                    .key_names()
+                    .map(|n| format!("{}::text", pgprism_decoder::stream::quote_ident(n)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let rows = client
+                    .query(&format!("SELECT {cols} FROM {}", table.quoted()), &[])
+                    .await
+                    .map_err(SinkError::pg(&self.name, "listing the target's keys"))?;
+                Ok(rows
+                    .iter()
+                    .filter_map(|r| {
+                        (0..r.len())
+                            .map(|j| r.get::<_, Option<String>>(j).map(bytes::Bytes::from))
+                            .collect()
+                    })
+                    .collect())
+            }
+            Writer::Redis(w) => w.existing_keys(&shape).await,
+        }
+    }
+
+    async fn try_flush(&mut self, to: Offset) -> Result<(u64, u64), SinkError> {
+        let batch = self.materialize().await?.map(Cow::into_owned);
+        let shape = batch
+            .as_ref()
+            .map(|b| b.shape.clone())
+            .or_else(|| self.shape.clone());
+        match &mut self.writer {
+            Writer::Postgres(w) => {
+                let PgWriter {
+                    client,
+                    table,
+                    fence,
+                    ..
+                } = &mut **w;
+                let tx = client
+                    .transaction()
+                    .await
+                    .map_err(SinkError::pg(&self.name, "beginning the sink transaction"))?;
+                let (mut written, mut dead) = (0, 0);
+                if let Some(shape) = &shape {
+                    written += requests_pg(
+                        &tx,
+                        &self.dead,
+                        &mut self.logic,
+                        &mut self.source,
+                        &self.source_config,
+                        table,
+                        shape,
+                        &self.name,
+                    )
+                    .await?;
+                }
+                if let Some(batch) = &batch {
+                    let (w, d) = write_pg(&tx, &self.dead, table, batch).await?;
+                    written += w;
+                    dead += d;
+                }
+                fence.commit_offset(&tx, to).await?;
+                tx.commit()
+                    .await
+                    .map_err(SinkError::pg(&self.name, "committing the sink transaction"))?;
+                Ok((written, dead))
+            }
+            Writer::Redis(w) => {
+                let source = match &self.source {
+                    Some(s) if !s.is_closed() => s,
+                    _ => {
+                        self.source = Some(connect(&self.source_config, &self.name).await?);
+                        self.source.as_ref().expect("connected above")
+                    }
+                };
+                let (mut written, mut dead) = (0, 0);
+                if let Some(shape) = &shape {
+                    written +=
+                        requests_redis(source, &self.dead, &mut self.logic, w, shape, &self.name)
+                            .await?;
+                }
+                if let Some(batch) = &batch {
+                    let keys: Vec<&Key> = batch.entries.keys().collect();
+                    let held: HashSet<String> =
+                        self.dead.held(source, &keys).await?.into_iter().collect();
+                    let (go, hold) = split_held(batch, &held);
+                    self.dead
+                        .add(source, &batch.shape, &held_letters(&hold))
+                        .await?;
+                    dead += hold.len() as u64;
+                    let out = w.write(batch, &go).await?;
+                    written += out.written;
+                    let failed: Vec<(Key, Entry, String, String)> = out
+                        .failed
+                        .into_iter()
+                        .filter_map(|(k, code, err)| {
+                            let e = batch.entries.get(&k)?.clone();
+                            Some((k, e, code, err))
+                        })
+                        .collect();
+                    let letters: Vec<Letter<'_>> = failed
+                        .iter()
+                        .map(|(k, e, code, err)| Letter {
+                            key: k,
+                            entry: e,
+                            status: Status::Failed,
+                            code: Some(code.clone()),
+                            error: err.clone(),
+                        })
+                        .collect();
+                    self.dead.add(source, &batch.shape, &letters).await?;
+                    dead += letters.len() as u64;
+                }
+                w.commit(to).await?;
+                Ok((written, dead))
+            }
+        }
+    }
+
+    /// Rewind this lane's offset to `to` (a replay); the caller restarts the stream.
+    pub(crate) async fn rewind(&mut self, to: Offset) -> Result<(), SinkError> {
+        match &mut self.writer {
+            Writer::Postgres(w) => {
+                let tx = w
+                    .client
+                    .transaction()
+                    .await
+                    .map_err(SinkError::pg(&self.name, "beginning the rewind"))?;
+                w.fence.rewind(&tx, to).await?;
+                tx.commit()
+                    .await
+                    .map_err(SinkError::pg(&self.name, "committing the rewind"))?;
+            }
+            Writer::Redis(w) => w.rewind(to).await?,
+        }
+        self.pending = None;
+        self.pending_changes = 0;
+        self.stored = to;
+        self.covered = to;
+        self.ackable = if to.changes_done == 0 {
+            to.resume_lsn
+        } else {
+            Lsn(0)
+        };
+        Ok(())
+    }
+}
+
+fn relation_of(kind: &ChangeKind) -> Option<&Arc<pgprism_decoder::pgoutput::Relation>> {
+    match kind {
+        ChangeKind::Insert { relation, .. }
+        | ChangeKind::Update { relation, .. }
+        | ChangeKind::Delete { relation, .. } => Some(relation),
+        _ => None,
+    }
+}
+
+/// The entries to write and those held behind a dead letter of their key.
+/// Entries of a batch, by reference.
+type Entries<'a> = Vec<(&'a Key, &'a Entry)>;
+
+fn split_held<'a>(batch: &'a Batch, held: &HashSet<String>) -> (Entries<'a>, Entries<'a>) {
+    if held.is_empty() {
+        return (batch.entries.iter().collect(), Vec::new());
+    }
+    batch
+        .entries
+        .iter()
+        .partition(|(k, _)| !held.contains(&key_json(k)))
+}
+
+fn held_letters<'a>(hold: &[(&'a Key, &'a Entry)]) -> Vec<Letter<'a>> {
+    hold.iter()
+        .map(|(k, e)| Letter {
+            key: k,
+            entry: e,
+            status: Status::Held,
+            code: None,
+            error: "held behind an earlier dead letter of the same key".to_owned(),
+        })
+        .collect()
+}
+
+/// Write a batch inside the sink transaction: held keys to the dead letters, the
+/// truncate, the rows (bad rows isolated to dead letters). Returns (written, dead letters).
+async fn write_pg(
+    tx: &tokio_postgres::Transaction<'_>,
+    dead: &DeadLetters,
+    table: &PgTable,
+    batch: &Batch,
+) -> Result<(u64, u64), SinkError> {
+    let keys: Vec<&Key> = batch.entries.keys().collect();
+    let held: HashSet<String> = dead.held(tx, &keys).await?.into_iter().collect();
+    let (go, hold) = split_held(batch, &held);
+    dead.add(tx, &batch.shape, &held_letters(&hold)).await?;
+    if batch.truncate.is_some() {
+        table.truncate(tx).await?;
+    }
+    let (applied, failed) = isolate(tx, table, &batch.shape, &go).await?;
+    let letters: Vec<Letter<'_>> = failed
+        .iter()
+        .map(|((k, e), err)| Letter {
+            key: k,
+            entry: e,
+            status: Status::Failed,
+            code: err.code(),
+            error: err.detail(),
+        })
+        .collect();
+    dead.add(tx, &batch.shape, &letters).await?;
+    Ok((
+        applied.upserted + applied.deleted,
+        (hold.len() + letters.len()) as u64,
+    ))
+}
+
+/// Apply `entries` set-based; when the target rejects a row, bisect under savepoints
+/// until the rejected rows are alone, and return them with their errors.
+async fn isolate<'a>(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &PgTable,
+    shape: &Shape,
+    entries: &[(&'a Key, &'a Entry)],
+) -> Result<(Applied, Vec<((&'a Key, &'a Entry), SinkError)>), SinkError> {
+    let mut total = Applied::default();
+    let mut failed = Vec::new();
+    if entries.is_empty() {
+        return Ok((total, failed));
+    }
+    let mut work: Vec<&[(&Key, &Entry)]> = vec![entries];
+    let sp = |sql: &'static str| async move {
+        tx.batch_execute(sql)
+            .await
+            .map_err(SinkError::pg(&table_name(table), "managing a savepoint"))
+    };
+    while let Some(slice) = work.pop() {
+        sp("SAVEPOINT pgprism_apply").await?;
+        match table.apply(tx, shape, slice).await {
+            Ok(a) => {
+                sp("RELEASE SAVEPOINT pgprism_apply").await?;
+                total.upserted += a.upserted;
+                total.deleted += a.deleted;
+                total.missing += a.missing;
+            }
+            Err(e) if e.class() == Class::Row => {
+                sp("ROLLBACK TO SAVEPOINT pgprism_apply; RELEASE SAVEPOINT pgprism_apply").await?;
+                if let [one] = slice {
+                    failed.push(((one.0, one.1), e));
+                } else {
+                    let (a, b) = slice.split_at(slice.len() / 2);
+                    work.push(b);
+                    work.push(a);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((total, failed))
+}
+
+fn table_name(t: &PgTable) -> String {
+    t.quoted().to_owned()
+}
+
+/// Group requested dead letters by key, in order.
+fn by_key(rows: Vec<Stored>) -> BTreeMap<String, Vec<Stored>> {
+    let mut map: BTreeMap<String, Vec<Stored>> = BTreeMap::new();
+    for r in rows {
+        map.entry(r.key.clone()).or_default().push(r);
+    }
+    map
+}
+
+/// Rebuild the batch of one key's dead letters: its operations in order (mirror), or a
+/// recompute of the key (query).
+async fn retry_batch(
+    logic: &mut Logic,
+    source: &mut Option<Client>,
+    source_config: &Config,
+    shape: &Arc<Shape>,
+    key: &Key,
+    letters: &[Stored],
+    name: &str,
+) -> Result<Option<Batch>, SinkError> {
+    let last = letters.last().map(|l| Position {
+        commit_lsn: l.commit_lsn.parse().unwrap_or_default(),
+        seq: l.seq as u64,
+    });
+    match logic {
+        Logic::Mirror(_) => {
+            let mut batch = Batch::new(shape.clone());
+            for l in letters {
+                let Some(op) = op_from_json(shape, &l.change) else {
+                    return Ok(None);
+                };
+                let entry = Entry {
+                    op,
+                    pos: Position {
+                        commit_lsn: l.commit_lsn.parse().unwrap_or_default(),
+                        seq: l.seq as u64,
+                    },
+                    origin: crate::batch::Origin {
+                        table: l
+                            .change
+                            .get("table")
+                            .and_then(|t| t.as_str())
+                            .unwrap_or("")
+                            .into(),
+                        op: "retry",
+                    },
+                };
+                batch.push(key.clone(), entry);
+            }
+            Ok(Some(batch))
+        }
+        Logic::Query(q) => {
+            if source.as_ref().is_none_or(Client::is_closed) {
+                *source = Some(connect(source_config, name).await?);
+            }
+            let client = source.as_ref().expect("connected above");
+            let keys = KeySet::single(key.clone(), last.unwrap_or_default());
+            Ok(Some(q.resolve(client, keys, Vec::new()).await?))
+        }
+    }
+}
+
+/// Carry out `pgprism dlq retry|discard` requests inside the sink transaction.
+#[allow(clippy::too_many_arguments)]
+async fn requests_pg(
+    tx: &tokio_postgres::Transaction<'_>,
+    dead: &DeadLetters,
+    logic: &mut Logic,
+    source: &mut Option<Client>,
+    source_config: &Config,
+    table: &PgTable,
+    shape: &Arc<Shape>,
+    name: &str,
+) -> Result<u64, SinkError> {
+    let mut written = 0;
+    for (key_text, letters) in by_key(dead.requested(tx).await?) {
+        let ids: Vec<i64> = letters.iter().map(|l| l.id).collect();
+        if letters
+            .iter()
+            .any(|l| l.action.as_deref() == Some("discard"))
+        {
+            dead.remove(tx, &ids).await?;
+            continue;
+        }
+        let Some(key) = key_from_json(&key_text) else {
+            dead.retry_failed(tx, &key_text, None, "unreadable key")
+                .await?;
+            continue;
+        };
+        let Some(batch) =
+            retry_batch(logic, source, source_config, shape, &key, &letters, name).await?
+        else {
+            dead.retry_failed(
+                tx,
+                &key_text,
+                None,
+                "the change no longer fits the target's columns",
+            )
+            .await?;
+            continue;
+        };
+        let entries: Vec<(&Key, &Entry)> = batch.entries.iter().collect();
+        let (applied, failed) = isolate(tx, table, &batch.shape, &entries).await?;
+        match failed.first() {
+            None => {
+                dead.remove(tx, &ids).await?;
+                written += applied.upserted + applied.deleted;
+            }
+            Some((_, e)) => {
+                dead.retry_failed(tx, &key_text, e.code().as_deref(), &e.detail())
+                    .await?
+            }
+        }
+    }
+    Ok(written)
+}
+
+/// Carry out `pgprism dlq retry|discard` requests for a Redis target.
+async fn requests_redis(
+    source: &Client,
+    dead: &DeadLetters,
+    logic: &mut Logic,
+    w: &mut RedisWriter,
+    shape: &Arc<Shape>,
+    name: &str,
+) -> Result<u64, SinkError> {
+    let mut written = 0;
+    for (key_text, letters) in by_key(dead.requested(source).await?) {
+        let ids: Vec<i64> = letters.iter().map(|l| l.id).collect();
+        if letters
+            .iter()
+            .any(|l| l.action.as_deref() == Some("discard"))
+        {
+            dead.remove(source, &ids).await?;
+            continue;
+        }
+        let Some(key) = key_from_json(&key_text) else {
+            dead.retry_failed(source, &key_text, None, "unreadable key")
+                .await?;
+            continue;
+        };
+        let batch = match logic {
+            Logic::Query(q) => {
+                let keys = KeySet::single(key.clone(), Position::default());
+                let mut b = q.resolve(source, keys, Vec::new()).await?;
+                // The recompute is current: guard it with the newest letter's position.
+                if let Some(l) = letters.last() {
+                    let pos = Position {
+                        commit_lsn: l.commit_lsn.parse().unwrap_or_default(),
+                        seq: l.seq as u64,
+                    };
+                    for e in b.entries.values_mut() {
+                        e.pos = pos;
+                    }
+                }
+                Some(b)
+            }
+            Logic::Mirror(_) => {
+                let mut none = None;
+                retry_batch(
+                    logic,
+                    &mut none,
+                    &Config::new(),
+                    shape,
+                    &key,
+                    &letters,
+                    name,
+                )
+                .await?
+            }
+        };
+        let Some(batch) = batch else {
+            dead.retry_failed(
+                source,
+                &key_text,
+                None,
+                "the change no longer fits the target's columns",
+            )
+            .await?;
+            continue;
+        };
+        let entries: Vec<(&Key, &Entry)> = batch.entries.iter().collect();
+        let out = w.write(&batch, &entries).await?;
+        match out.failed.first() {
+            None => {
+                dead.remove(source, &ids).await?;
+                written += out.written;
+            }
+            Some((_, code, err)) => {
+                dead.retry_failed(source, &key_text, Some(code), err)
+                    .await?
+            }
+        }
+    }
+    Ok(written)
+}

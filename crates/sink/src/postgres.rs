@@ -1,0 +1,354 @@
+//! The Postgres writer: a batch becomes a handful of set-based statements inside the
+//! sink's transaction, never one statement per row.
+//!
+//! Values travel as `text[]` arrays (binary-encoded parameters, so nothing is ever
+//! interpolated into SQL), are `unnest`ed, and cast to each target column's type as the
+//! catalog names it (`format_type`), which runs the type's own input function: the text
+//! Postgres printed on the source is read back exactly. Identifiers are always quoted.
+//!
+//! Statements per batch: `TRUNCATE` (if the source was truncated), one `DELETE … USING
+//! unnest(…)`, one `INSERT … SELECT … FROM unnest(…) ON CONFLICT (key) DO UPDATE` for
+//! whole rows, and one `UPDATE … FROM unnest(…)` per set of present columns for rows with
+//! unchanged TOASTed values (those columns are left alone; nothing is ever written in
+//! their place).
+
+use std::collections::HashMap;
+
+use pgprism_decoder::pgoutput::TupleValue;
+use pgprism_decoder::stream::quote_ident;
+use tokio_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
+
+use crate::batch::{Entry, Key, Op, Shape};
+use crate::error::SinkError;
+
+/// A target table as its catalog describes it.
+#[derive(Debug, Clone)]
+pub struct PgTable {
+    target: String,
+    /// `"schema"."table"`.
+    quoted: String,
+    /// Column name → SQL type (`format_type`).
+    types: HashMap<String, String>,
+}
+
+/// What one application did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Rows inserted or updated.
+    pub upserted: u64,
+    /// Rows deleted.
+    pub deleted: u64,
+    /// Partial updates (unchanged TOAST) whose row was not in the target.
+    pub missing: u64,
+}
+
+impl PgTable {
+    /// Look `schema.table` up in the sink's catalog; a clear error if it is not there.
+    pub async fn load(
+        client: &impl GenericClient,
+        target: &str,
+        schema: &str,
+        table: &str,
+    ) -> Result<PgTable, SinkError> {
+        let rows = client
+            .query(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
+                   FROM pg_attribute a
+                   JOIN pg_class c ON c.oid = a.attrelid
+                   JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+                    AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''",
+                &[&schema, &table],
+            )
+            .await
+            .map_err(SinkError::pg(target, "reading the target table's columns"))?;
+        if rows.is_empty() {
+            return Err(SinkError::config(
+                target,
+                format!(
+                    "table {}.{} does not exist in the sink; create it (see sql/read_models.sql)",
+                    quote_ident(schema),
+                    quote_ident(table)
+                ),
+            ));
+        }
+        Ok(PgTable {
+            target: target.to_owned(),
+            quoted: format!("{}.{}", quote_ident(schema), quote_ident(table)),
+            types: rows.into_iter().map(|r| (r.get(0), r.get(1))).collect(),
+        })
+    }
+
+    /// The quoted table name.
+    pub fn quoted(&self) -> &str {
+        &self.quoted
+    }
+
+    /// Check that every column of `shape` exists in the table.
+    pub fn check_shape(&self, shape: &Shape) -> Result<(), SinkError> {
+        for c in &shape.columns {
+            if !self.types.contains_key(&c.name) {
+                return Err(SinkError::config(
+                    &self.target,
+                    format!(
+                        "the target table {} has no column {:?}; add it (ALTER TABLE {} ADD COLUMN {} …) or leave it out of the projection",
+                        self.quoted,
+                        c.name,
+                        self.quoted,
+                        quote_ident(&c.name)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn cast(&self, name: &str) -> &str {
+        self.types.get(name).map_or("text", String::as_str)
+    }
+
+    /// `TRUNCATE` the table.
+    pub async fn truncate(&self, tx: &impl GenericClient) -> Result<(), SinkError> {
+        tx.batch_execute(&format!("TRUNCATE {}", self.quoted))
+            .await
+            .map_err(SinkError::pg(&self.target, "truncating the target"))
+    }
+
+    /// Apply `entries` (one per key) set-based.
+    pub async fn apply(
+        &self,
+        tx: &impl GenericClient,
+        shape: &Shape,
+        entries: &[(&Key, &Entry)],
+    ) -> Result<Applied, SinkError> {
+        let mut applied = Applied::default();
+        let deletes: Vec<&Key> = entries
+            .iter()
+            .filter(|(_, e)| e.op == Op::Delete)
+            .map(|(k, _)| *k)
+            .collect();
+        if !deletes.is_empty() {
+            applied.deleted = self.delete(tx, shape, &deletes).await?;
+        }
+        let whole: Vec<&[TupleValue]> = entries
+            .iter()
+            .filter_map(|(_, e)| match &e.op {
+                Op::Upsert(row) if !e.op.is_partial() => Some(row.as_slice()),
+                _ => None,
+            })
+            .collect();
+        if !whole.is_empty() {
+            applied.upserted += self.upsert(tx, shape, &whole).await?;
+        }
+        let mut partial: HashMap<Vec<bool>, Vec<&[TupleValue]>> = HashMap::new();
+        for (_, e) in entries {
+            if let Op::Upsert(row) = &e.op
+                && e.op.is_partial()
+            {
+                let mask = row
+                    .iter()
+                    .map(|v| *v != TupleValue::UnchangedToast)
+                    .collect();
+                partial.entry(mask).or_default().push(row);
+            }
+        }
+        for (mask, rows) in partial {
+            let n = self.update_present(tx, shape, &mask, &rows).await?;
+            applied.upserted += n;
+            applied.missing += rows.len() as u64 - n;
+        }
+        if applied.missing > 0 {
+            tracing::warn!(
+                target_name = %self.target,
+                rows = applied.missing,
+                "updates with unchanged TOAST values found no row in the target; \
+                 the target is missing rows the source has (backfill it)"
+            );
+        }
+        Ok(applied)
+    }
+
+    async fn delete(
+        &self,
+        tx: &impl GenericClient,
+        shape: &Shape,
+        keys: &[&Key],
+    ) -> Result<u64, SinkError> {
+        let n = shape.key.len();
+        let arrays: Vec<Vec<Option<&str>>> = (0..n)
+            .map(|j| keys.iter().map(|k| text(&k[j])).collect())
+            .collect::<Vec<_>>();
+        let cond = shape
+            .key
+            .iter()
+            .enumerate()
+            .map(|(j, &c)| {
+                let name = &shape.columns[c].name;
+                format!("t.{} = k.c{j}::{}", quote_ident(name), self.cast(name))
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let sql = format!(
+            "DELETE FROM {} AS t USING {} AS k({}) WHERE {cond}",
+            self.quoted,
+            unnest(n),
+            aliases(n)
+        );
+        self.run(tx, &sql, &arrays, "deleting rows").await
+    }
+
+    async fn upsert(
+        &self,
+        tx: &impl GenericClient,
+        shape: &Shape,
+        rows: &[&[TupleValue]],
+    ) -> Result<u64, SinkError> {
+        let n = shape.columns.len();
+        let arrays: Vec<Vec<Option<&str>>> = (0..n)
+            .map(|j| rows.iter().map(|r| cell(&r[j])).collect())
+            .collect();
+        let cols = shape
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let select = shape
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(j, c)| format!("u.c{j}::{}", self.cast(&c.name)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let key = shape
+            .key_names()
+            .map(quote_ident)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let set = shape
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| !shape.key.contains(j))
+            .map(|(_, c)| format!("{0} = EXCLUDED.{0}", quote_ident(&c.name)))
+            .collect::<Vec<_>>();
+        let action = if set.is_empty() {
+            "NOTHING".to_owned()
+        } else {
+            format!("UPDATE SET {}", set.join(", "))
+        };
+        let sql = format!(
+            "INSERT INTO {} AS t ({cols}) SELECT {select} FROM {} AS u({}) \
+             ON CONFLICT ({key}) DO {action}",
+            self.quoted,
+            unnest(n),
+            aliases(n)
+        );
+        self.run(tx, &sql, &arrays, "upserting rows").await
+    }
+
+    async fn update_present(
+        &self,
+        tx: &impl GenericClient,
+        shape: &Shape,
+        mask: &[bool],
+        rows: &[&[TupleValue]],
+    ) -> Result<u64, SinkError> {
+        let present: Vec<usize> = (0..mask.len()).filter(|&j| mask[j]).collect();
+        let arrays: Vec<Vec<Option<&str>>> = present
+            .iter()
+            .map(|&j| rows.iter().map(|r| cell(&r[j])).collect())
+            .collect();
+        let alias = |j: usize| {
+            present
+                .iter()
+                .position(|&p| p == j)
+                .expect("key is present")
+        };
+        let set = present
+            .iter()
+            .enumerate()
+            .filter(|(_, j)| !shape.key.contains(j))
+            .map(|(a, &j)| {
+                let name = &shape.columns[j].name;
+                format!("{} = u.c{a}::{}", quote_ident(name), self.cast(name))
+            })
+            .collect::<Vec<_>>();
+        if set.is_empty() {
+            return Ok(rows.len() as u64);
+        }
+        let cond = shape
+            .key
+            .iter()
+            .map(|&j| {
+                let name = &shape.columns[j].name;
+                format!(
+                    "t.{} = u.c{}::{}",
+                    quote_ident(name),
+                    alias(j),
+                    self.cast(name)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let sql = format!(
+            "UPDATE {} AS t SET {} FROM {} AS u({}) WHERE {cond}",
+            self.quoted,
+            set.join(", "),
+            unnest(present.len()),
+            aliases(present.len())
+        );
+        self.run(
+            tx,
+            &sql,
+            &arrays,
+            "updating rows with unchanged TOAST values",
+        )
+        .await
+    }
+
+    async fn run(
+        &self,
+        tx: &impl GenericClient,
+        sql: &str,
+        arrays: &[Vec<Option<&str>>],
+        context: &'static str,
+    ) -> Result<u64, SinkError> {
+        let params: Vec<&(dyn ToSql + Sync)> =
+            arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+        tx.execute(sql, &params)
+            .await
+            .map_err(SinkError::pg(&self.target, context))
+    }
+}
+
+fn text(b: &[u8]) -> Option<&str> {
+    // The server sends text in the database encoding; pgprism requires UTF8 (a non-UTF8
+    // value is caught by the cast as NULL in a NOT NULL key, never silently written).
+    std::str::from_utf8(b).ok()
+}
+
+fn cell(v: &TupleValue) -> Option<&str> {
+    match v {
+        TupleValue::Text(b) | TupleValue::Binary(b) => text(b),
+        TupleValue::Null | TupleValue::UnchangedToast => None,
+    }
+}
+
+/// `unnest($1::text[], …, $n::text[])`
+fn unnest(n: usize) -> String {
+    let args = (1..=n)
+        .map(|i| format!("${i}::text[]"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("unnest({args})")
+}
+
+/// `c0, …, c{n-1}`
+fn aliases(n: usize) -> String {
+    (0..n)
+        .map(|j| format!("c{j}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

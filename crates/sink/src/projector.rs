@@ -1,0 +1,521 @@
+//! The projector: routes decoded changes to every lane (projection × target), decides
+//! when to flush, flushes lanes concurrently, and reports what the slot may be
+//! acknowledged to (the minimum over lanes).
+//!
+//! Positions: after each chunk the projector knows the offset "everything pushed so far"
+//! — the end of the transaction when the chunk closed one, else the commit LSN and the
+//! number of its changes pushed. A flush makes that offset durable in every lane. A lane
+//! resuming from its own stored offset skips every change its offset covers, so lanes that
+//! were ahead of the others re-apply nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::try_join_all;
+use pgprism_decoder::Lsn;
+use pgprism_decoder::pgoutput::{Column, Relation, ReplicaIdentity};
+use pgprism_decoder::stream::{SourceDsn, TxnChunk};
+use pgprism_leader::{Epoch, Offset, PgFence};
+use tokio_postgres::Client;
+
+use crate::adaptive::Adaptive;
+use crate::batch::Position;
+use crate::dead_letter;
+use crate::error::SinkError;
+use crate::lane::{Lane, LaneFlush, Logic, PgWriter, Writer, connect};
+use crate::mirror::Mirror;
+use crate::postgres::PgTable;
+use crate::query::{Mapping, QueryProjection};
+use crate::redis::RedisWriter;
+use crate::spec::{
+    BatchSpec, ProjectionSpec, Resolved, SinkKind, SinkSpec, parse_table_name, validate,
+};
+
+/// Everything the projector needs to start.
+#[derive(Debug, Clone)]
+pub struct ProjectorConfig {
+    /// The pipeline's name (offsets and dead letters are kept under it).
+    pub pipeline: String,
+    /// The leader's epoch: every sink write is fenced with it.
+    pub epoch: Epoch,
+    /// The source database (catalog lookups, query projections).
+    pub source: SourceDsn,
+    /// Sinks by name.
+    pub sinks: BTreeMap<String, SinkSpec>,
+    /// The projections.
+    pub projections: Vec<ProjectionSpec>,
+    /// Batch sizing.
+    pub batch: BatchSpec,
+    /// How long a stamp waits for a frozen old leader's sink transaction.
+    pub takeover_after: Duration,
+}
+
+/// The state of one target, for status and metrics.
+#[derive(Debug, Clone)]
+pub struct TargetStatus {
+    /// The target's name.
+    pub name: String,
+    /// Its projection.
+    pub projection: String,
+    /// Its durable offset.
+    pub offset: Offset,
+    /// Changes waiting for the next flush.
+    pub pending: usize,
+}
+
+/// What one flush did.
+#[derive(Debug, Clone, Default)]
+pub struct FlushReport {
+    /// Changes pushed since the previous flush.
+    pub changes: usize,
+    /// Rows written over all lanes.
+    pub written: u64,
+    /// New dead letters over all lanes.
+    pub dead_letters: u64,
+    /// Per lane (name, written).
+    pub lanes: Vec<(String, LaneFlush)>,
+    /// How long the flush took.
+    pub took: Duration,
+    /// The offset now durable in every lane.
+    pub offset: Offset,
+}
+
+/// Routes changes into lanes and flushes them.
+#[derive(Debug)]
+pub struct Projector {
+    lanes: Vec<Lane>,
+    size: Adaptive,
+    max_age: Duration,
+    /// Changes pushed since the last flush.
+    changes: usize,
+    /// When the first of them was pushed.
+    oldest: Option<Instant>,
+    /// Commit time (µs since 2000-01-01) of the first transaction pushed since the last flush.
+    oldest_commit: Option<i64>,
+    /// Everything pushed so far.
+    next: Offset,
+    /// The end of the last whole transaction pushed.
+    last_end: Lsn,
+}
+
+/// Columns and replica identity of a source table, as a relation message would carry them.
+async fn catalog_relation(
+    source: &Client,
+    projection: &str,
+    schema: &str,
+    table: &str,
+) -> Result<Relation, SinkError> {
+    let rows = source
+        .query(
+            "SELECT c.oid, c.relreplident::text, a.attname::text, a.atttypid, a.atttypmod,
+                    coalesce(a.attnum = ANY(
+                        CASE c.relreplident
+                          WHEN 'd' THEN (SELECT i.indkey::int2[] FROM pg_index i
+                                          WHERE i.indrelid = c.oid AND i.indisprimary)
+                          WHEN 'i' THEN (SELECT i.indkey::int2[] FROM pg_index i
+                                          WHERE i.indrelid = c.oid AND i.indisreplident)
+                        END), c.relreplident = 'f') AS is_key,
+                    (SELECT array_position(i.indkey::int2[], a.attnum) FROM pg_index i
+                      WHERE i.indrelid = c.oid AND i.indisprimary) AS pk_pos
+               FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+               JOIN pg_attribute a ON a.attrelid = c.oid
+              WHERE n.nspname = $1 AND c.relname = $2
+                AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+              ORDER BY a.attnum",
+            &[&schema, &table],
+        )
+        .await
+        .map_err(SinkError::pg(
+            projection,
+            "reading the source table's columns",
+        ))?;
+    let Some(first) = rows.first() else {
+        return Err(SinkError::config(
+            projection,
+            format!("the source has no table {schema}.{table}"),
+        ));
+    };
+    let ident: String = first.get(1);
+    Ok(Relation {
+        xid: None,
+        id: first.get(0),
+        namespace: schema.to_owned(),
+        name: table.to_owned(),
+        replica_identity: match ident.as_str() {
+            "f" => ReplicaIdentity::Full,
+            "n" => ReplicaIdentity::Nothing,
+            "i" => ReplicaIdentity::Index,
+            _ => ReplicaIdentity::Default,
+        },
+        columns: rows
+            .iter()
+            .map(|r| Column {
+                is_key: r.get(5),
+                name: r.get(2),
+                type_oid: r.get(3),
+                type_modifier: r.get(4),
+            })
+            .collect(),
+    })
+}
+
+/// The primary-key columns of a source table, in key order.
+async fn primary_key(
+    source: &Client,
+    projection: &str,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<String>, SinkError> {
+    let rows = source
+        .query(
+            "SELECT a.attname::text
+               FROM pg_index i
+               JOIN pg_class c ON c.oid = i.indrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+               JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)
+              WHERE n.nspname = $1 AND c.relname = $2 AND i.indisprimary
+              ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            &[&schema, &table],
+        )
+        .await
+        .map_err(SinkError::pg(
+            projection,
+            "reading the source table's primary key",
+        ))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+fn table_of(projection: &str, name: &str) -> Result<(String, String), SinkError> {
+    parse_table_name(name)
+        .ok_or_else(|| SinkError::config(projection, format!("{name:?} is not a table name")))
+}
+
+impl Projector {
+    /// Validate the configuration, connect every target, stamp our epoch on each target's
+    /// offset, and read where each resumes.
+    pub async fn start(cfg: &ProjectorConfig) -> Result<Projector, SinkError> {
+        validate(&cfg.sinks, &cfg.projections, &cfg.batch)
+            .map_err(|e| SinkError::config("config", e.to_string()))?;
+        let source_config = cfg.source.sql_config();
+        let source = connect(&source_config, "source").await?;
+        let mut dead_letters_on_source = false;
+        let mut lanes = Vec::new();
+        for (i, p) in cfg.projections.iter().enumerate() {
+            let p = p
+                .resolve(&format!("projections[{i}]"))
+                .map_err(|e| SinkError::config("config", e.to_string()))?;
+            let (name, targets) = match &p {
+                Resolved::Mirror(m) => (&m.name, &m.targets),
+                Resolved::Query(q) => (&q.name, &q.targets),
+            };
+            for t in targets {
+                let target = t.name_in(name);
+                let (logic, shape) = match &p {
+                    Resolved::Mirror(m) => {
+                        let (schema, table) = table_of(name, &m.source)?;
+                        let key = match &m.key {
+                            Some(k) => k.clone(),
+                            None => {
+                                let pk = primary_key(&source, name, &schema, &table).await?;
+                                if pk.is_empty() {
+                                    return Err(SinkError::config(
+                                        name,
+                                        format!(
+                                            "{schema}.{table} has no primary key; set `key` to the columns that identify a row"
+                                        ),
+                                    ));
+                                }
+                                pk
+                            }
+                        };
+                        let rel = catalog_relation(&source, name, &schema, &table).await?;
+                        let mut mirror = Mirror::new(m, schema, table, key);
+                        let shape = mirror.shape(&Arc::new(rel))?;
+                        (Logic::Mirror(mirror), Some(shape))
+                    }
+                    Resolved::Query(q) => {
+                        let mut mappings = Vec::new();
+                        for (table_name, ks) in &q.keys {
+                            let (schema, table) = table_of(name, table_name)?;
+                            let mapping = match (&ks.query, &ks.column, &ks.columns) {
+                                (Some(query), column, _) => {
+                                    let column = match column {
+                                        Some(c) => c.clone(),
+                                        None => {
+                                            let pk =
+                                                primary_key(&source, name, &schema, &table).await?;
+                                            match pk.as_slice() {
+                                                [one] => one.clone(),
+                                                _ => {
+                                                    return Err(SinkError::config(
+                                                        name,
+                                                        format!(
+                                                            "keys.\"{table_name}\": the table has no single-column primary key; set `column` to the column passed as $1"
+                                                        ),
+                                                    ));
+                                                }
+                                            }
+                                        }
+                                    };
+                                    Mapping::FanOut {
+                                        column,
+                                        query: query.clone(),
+                                    }
+                                }
+                                (None, Some(c), _) => Mapping::Columns(vec![c.clone()]),
+                                (None, None, Some(cs)) => Mapping::Columns(cs.clone()),
+                                (None, None, None) => unreachable!("validated"),
+                            };
+                            mappings.push((schema, table, mapping));
+                        }
+                        let mut query = QueryProjection::new(q, mappings);
+                        let shape = query.prepare(&source).await?;
+                        (Logic::Query(query), Some(shape))
+                    }
+                };
+                let sink = cfg.sinks.get(&t.sink).expect("validated");
+                let (writer, stored) = match (sink.kind, &sink.dsn, &sink.url) {
+                    (SinkKind::Postgres, Some(dsn), _) => {
+                        let dsn = SourceDsn::parse(dsn).map_err(|e| {
+                            SinkError::config(&target, format!("sinks.{}.dsn: {e}", t.sink))
+                        })?;
+                        let config = dsn.sql_config();
+                        let client = connect(&config, &target).await?;
+                        dead_letter::ensure(&client).await?;
+                        let (schema, table) = table_of(&target, t.table.as_deref().unwrap_or(""))?;
+                        let table = PgTable::load(&client, &target, &schema, &table).await?;
+                        if let Some(shape) = &shape {
+                            table.check_shape(shape)?;
+                        }
+                        let (fence, stored) = PgFence::stamp(
+                            &client,
+                            &cfg.pipeline,
+                            &target,
+                            cfg.epoch,
+                            cfg.takeover_after,
+                        )
+                        .await?;
+                        (
+                            Writer::Postgres(Box::new(PgWriter {
+                                config,
+                                client,
+                                table,
+                                fence,
+                            })),
+                            stored,
+                        )
+                    }
+                    (SinkKind::Redis, _, Some(url)) => {
+                        if !dead_letters_on_source {
+                            dead_letter::ensure(&source).await?;
+                            dead_letters_on_source = true;
+                        }
+                        let (w, stored) =
+                            RedisWriter::connect(&cfg.pipeline, &target, url, t, cfg.epoch).await?;
+                        (Writer::Redis(Box::new(w)), stored)
+                    }
+                    _ => unreachable!("validated"),
+                };
+                tracing::info!(target_name = %target, offset = %stored.resume_lsn, changes_done = stored.changes_done, epoch = %cfg.epoch, "target ready");
+                lanes.push(Lane::new(
+                    target,
+                    name.clone(),
+                    &cfg.pipeline,
+                    logic,
+                    writer,
+                    source_config.clone(),
+                    shape,
+                    stored,
+                ));
+            }
+        }
+        let next = lanes.iter().map(|l| l.covered).min().unwrap_or_default();
+        Ok(Projector {
+            size: Adaptive::new(&cfg.batch),
+            max_age: cfg.batch.max_age,
+            changes: 0,
+            oldest: None,
+            oldest_commit: None,
+            last_end: if next.changes_done == 0 {
+                next.resume_lsn
+            } else {
+                Lsn(0)
+            },
+            next,
+            lanes,
+        })
+    }
+
+    /// Where the stream must start: the smallest offset over all targets.
+    pub fn resume_lsn(&self) -> Lsn {
+        self.lanes
+            .iter()
+            .map(|l| l.stored.resume_lsn)
+            .min()
+            .unwrap_or_default()
+    }
+
+    /// Fold a chunk of a transaction in; flush when the batch is full.
+    pub async fn push(&mut self, chunk: &TxnChunk) -> Result<Option<FlushReport>, SinkError> {
+        let commit_lsn = chunk.txn.commit_lsn;
+        for (i, change) in chunk.changes.iter().enumerate() {
+            let pos = Position {
+                commit_lsn,
+                seq: chunk.first_seq + i as u64,
+            };
+            for lane in &mut self.lanes {
+                if lane.covers(pos) || !lane.concerns(&change.kind) {
+                    continue;
+                }
+                if lane.shape_change(&change.kind)? {
+                    // The source table changed shape: write what came before first.
+                    let before = Offset::inside_transaction(commit_lsn, pos.seq);
+                    lane.flush(before, self.last_end).await?;
+                    lane.shape_change(&change.kind)?;
+                }
+                lane.push(&change.kind, pos)?;
+            }
+        }
+        self.changes += chunk.changes.len();
+        self.oldest.get_or_insert_with(Instant::now);
+        self.oldest_commit.get_or_insert(chunk.txn.commit_time);
+        self.next = match chunk.end {
+            Some(end) => {
+                self.last_end = end.end_lsn;
+                Offset::after_transaction(end.end_lsn)
+            }
+            None => {
+                Offset::inside_transaction(commit_lsn, chunk.first_seq + chunk.changes.len() as u64)
+            }
+        };
+        if self.pending() >= self.size.size() {
+            return self.flush().await.map(Some);
+        }
+        Ok(None)
+    }
+
+    /// The most changes waiting in one lane.
+    pub fn pending(&self) -> usize {
+        self.lanes
+            .iter()
+            .map(Lane::pending_changes)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Whether changes were pushed since the last flush.
+    pub fn has_unflushed(&self) -> bool {
+        self.oldest.is_some()
+    }
+
+    /// When the oldest waiting change must be flushed.
+    pub fn flush_deadline(&self) -> Option<Instant> {
+        self.oldest.map(|t| t + self.max_age)
+    }
+
+    /// The current adaptive batch size.
+    pub fn batch_size(&self) -> usize {
+        self.size.size()
+    }
+
+    /// Make everything pushed so far durable in every target.
+    pub async fn flush(&mut self) -> Result<FlushReport, SinkError> {
+        let started = Instant::now();
+        let to = self.next;
+        let ack = if to.changes_done == 0 {
+            to.resume_lsn
+        } else {
+            self.last_end
+        };
+        let rows = self.pending();
+        let results = try_join_all(self.lanes.iter_mut().map(|l| l.flush(to, ack))).await?;
+        let took = started.elapsed();
+        let lag = self.oldest_commit.map(lag_of).unwrap_or_default();
+        if results.iter().any(|r| r.contended) {
+            self.size.contended();
+        } else {
+            self.size.flushed(rows, took, lag);
+        }
+        let report = FlushReport {
+            changes: self.changes,
+            written: results.iter().map(|r| r.written).sum(),
+            dead_letters: results.iter().map(|r| r.dead_letters).sum(),
+            lanes: self
+                .lanes
+                .iter()
+                .map(|l| l.name.clone())
+                .zip(results)
+                .collect(),
+            took,
+            offset: to,
+        };
+        self.changes = 0;
+        self.oldest = None;
+        self.oldest_commit = None;
+        Ok(report)
+    }
+
+    /// What the slot may be acknowledged to: every target has everything before it.
+    pub fn ack_lsn(&self) -> Lsn {
+        self.lanes
+            .iter()
+            .map(|l| l.ackable)
+            .min()
+            .unwrap_or_default()
+    }
+
+    /// How long the oldest change not yet durable has waited since its commit (zero when
+    /// everything pushed is durable).
+    pub fn lag(&self) -> Duration {
+        self.oldest_commit.map(lag_of).unwrap_or_default()
+    }
+
+    /// Per-target offsets and pending changes.
+    pub fn targets(&self) -> Vec<TargetStatus> {
+        self.lanes
+            .iter()
+            .map(|l| TargetStatus {
+                name: l.name.clone(),
+                projection: l.projection.clone(),
+                offset: l.stored,
+                pending: l.pending_changes(),
+            })
+            .collect()
+    }
+
+    /// Rewind the named targets (all when `targets` is empty) to `to` for a replay. The
+    /// caller then restarts the stream from [`Projector::resume_lsn`].
+    pub async fn rewind(&mut self, to: Offset, targets: &[String]) -> Result<(), SinkError> {
+        for lane in &mut self.lanes {
+            if targets.is_empty() || targets.contains(&lane.name) {
+                lane.rewind(to).await?;
+            }
+        }
+        let next = self
+            .lanes
+            .iter()
+            .map(|l| l.covered)
+            .min()
+            .unwrap_or_default();
+        self.next = next;
+        self.changes = 0;
+        self.oldest = None;
+        self.oldest_commit = None;
+        Ok(())
+    }
+}
+
+/// Microseconds between the Unix epoch and Postgres' (2000-01-01).
+const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+
+/// Now minus a commit time in Postgres microseconds.
+fn lag_of(commit_time: i64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+        - PG_EPOCH_OFFSET_US;
+    Duration::from_micros(now.saturating_sub(commit_time).max(0) as u64)
+}

@@ -1,0 +1,478 @@
+//! `query` projections: read-model rows recomputed by the user's SQL over the source for
+//! the keys a batch of changes touched.
+//!
+//! Each source table maps a change to read-model keys, either directly from a column of
+//! the changed row (`order_items.order_id`), or through a fan-out query run on the source
+//! (`customers.id` → every order of that customer). The old row counts as much as the new
+//! one: an item moved from order A to order B touches both, and a deleted item touches its
+//! order — so the mapped columns must be in the table's replica identity, checked when its
+//! first change arrives.
+//!
+//! The recompute reads the source's **current** state, which is at least as new as every
+//! change in the batch: a read model can lag, never go back in time, and a key whose
+//! recompute is older than a later change is recomputed again when that change arrives.
+//! Keys the query no longer returns are deleted from the target.
+//!
+//! All values stay in Postgres text form: key arrays go to the query as text-format
+//! parameters (parsed by the server with the parameter's own type), and results come back
+//! cast to text.
+
+use std::collections::HashMap;
+use std::error::Error;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use indexmap::IndexMap;
+use pgprism_decoder::pgoutput::{OldTuple, Relation, ReplicaIdentity, TupleData, TupleValue};
+use pgprism_decoder::stream::{ChangeKind, quote_ident};
+use tokio_postgres::types::{Format, IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{Client, Row};
+
+use crate::batch::{Batch, Entry, Key, Op, Origin, Position, Shape, ShapeColumn};
+use crate::error::SinkError;
+use crate::spec::QuerySpec;
+
+/// How one source table's changes become keys.
+#[derive(Debug, Clone)]
+pub enum Mapping {
+    /// The key is in these columns of the changed row.
+    Columns(Vec<String>),
+    /// `query` maps an array of `column` values (`$1`) to keys.
+    FanOut {
+        /// The source column passed as `$1`.
+        column: String,
+        /// The user's fan-out query.
+        query: String,
+    },
+}
+
+#[derive(Debug)]
+struct SourceTable {
+    schema: String,
+    table: String,
+    qualified: Arc<str>,
+    mapping: Mapping,
+    /// The relation version last checked, and the indices of the mapped columns in it.
+    checked: Option<(Arc<Relation>, Vec<usize>)>,
+}
+
+/// The keys a batch touched, waiting to be recomputed.
+#[derive(Debug, Default, Clone)]
+pub struct KeySet {
+    direct: IndexMap<Key, Origin>,
+    fan_out: HashMap<usize, (Vec<Bytes>, Origin)>,
+    /// A mapped table was truncated: every key in the target must be recomputed.
+    pub everything: bool,
+    /// The last position folded in.
+    pub last: Option<Position>,
+}
+
+impl KeySet {
+    /// Just `key`, as of `pos`.
+    pub fn single(key: Key, pos: Position) -> KeySet {
+        let mut k = KeySet::default();
+        k.direct.insert(
+            key,
+            Origin {
+                table: "*".into(),
+                op: "retry",
+            },
+        );
+        k.last = Some(pos);
+        k
+    }
+
+    /// Nothing to recompute.
+    pub fn is_empty(&self) -> bool {
+        self.direct.is_empty() && self.fan_out.is_empty() && !self.everything
+    }
+
+    /// How many keys and fan-out values are waiting.
+    pub fn len(&self) -> usize {
+        self.direct.len() + self.fan_out.values().map(|(v, _)| v.len()).sum::<usize>()
+    }
+}
+
+/// A query projection.
+#[derive(Debug)]
+pub struct QueryProjection {
+    name: String,
+    key: Vec<String>,
+    query: String,
+    sources: Vec<SourceTable>,
+    /// Known after the query was prepared on the source: row shape and the text-casting wrapper.
+    prepared: Option<(Arc<Shape>, String)>,
+}
+
+impl QueryProjection {
+    /// A projection from its spec; `mappings` holds the resolved mapping per source table.
+    pub fn new(spec: &QuerySpec, mappings: Vec<(String, String, Mapping)>) -> QueryProjection {
+        QueryProjection {
+            name: spec.name.clone(),
+            key: spec.key.clone(),
+            query: spec.query.clone(),
+            sources: mappings
+                .into_iter()
+                .map(|(schema, table, mapping)| SourceTable {
+                    qualified: format!("{schema}.{table}").into(),
+                    schema,
+                    table,
+                    mapping,
+                    checked: None,
+                })
+                .collect(),
+            prepared: None,
+        }
+    }
+
+    /// The projection's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether changes of `rel` touch this projection.
+    pub fn is_source(&self, rel: &Relation) -> bool {
+        self.source_index(rel).is_some()
+    }
+
+    fn source_index(&self, rel: &Relation) -> Option<usize> {
+        self.sources
+            .iter()
+            .position(|s| rel.schema() == s.schema && rel.name == s.table)
+    }
+
+    /// Prepare the query on the source: learn the row shape. Errors name the projection.
+    pub async fn prepare(&mut self, source: &Client) -> Result<Arc<Shape>, SinkError> {
+        if let Some((shape, _)) = &self.prepared {
+            return Ok(shape.clone());
+        }
+        let stmt = source
+            .prepare(&self.query)
+            .await
+            .map_err(SinkError::pg(&self.name, "preparing the projection query"))?;
+        if stmt.params().len() != self.key.len() {
+            return Err(SinkError::config(
+                &self.name,
+                format!(
+                    "the query takes {} parameters; it must take one array per key column ({}), like `WHERE o.id = ANY($1)`",
+                    stmt.params().len(),
+                    self.key.len()
+                ),
+            ));
+        }
+        let columns: Vec<ShapeColumn> = stmt
+            .columns()
+            .iter()
+            .map(|c| ShapeColumn {
+                name: c.name().to_owned(),
+                type_oid: c.type_().oid(),
+            })
+            .collect();
+        let key = self
+            .key
+            .iter()
+            .map(|k| {
+                columns.iter().position(|c| &c.name == k).ok_or_else(|| {
+                    SinkError::config(
+                        &self.name,
+                        format!("the query returns no column {k:?} (a key column)"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let select = columns
+            .iter()
+            .map(|c| format!("q.{}::text", quote_ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let wrapped = format!("SELECT {select} FROM ({}) AS q", self.query);
+        let shape = Arc::new(Shape { columns, key });
+        self.prepared = Some((shape.clone(), wrapped));
+        Ok(shape)
+    }
+
+    /// Add the keys `kind` touches to `keys`.
+    pub fn touch(
+        &mut self,
+        kind: &ChangeKind,
+        pos: Position,
+        keys: &mut KeySet,
+    ) -> Result<(), SinkError> {
+        let (relation, tuples, op): (&Arc<Relation>, Vec<&TupleData>, &'static str) = match kind {
+            ChangeKind::Insert { relation, new } => (relation, vec![new], "insert"),
+            ChangeKind::Update { relation, old, new } => {
+                let mut t = vec![new];
+                if let Some(o) = old {
+                    t.push(o.data());
+                }
+                (relation, t, "update")
+            }
+            ChangeKind::Delete { relation, old } => (
+                relation,
+                vec![match old {
+                    OldTuple::Key(t) | OldTuple::Full(t) => t,
+                }],
+                "delete",
+            ),
+            ChangeKind::Truncate { relations, .. } => {
+                if relations.iter().any(|r| self.is_source(r)) {
+                    keys.everything = true;
+                    keys.last = Some(pos);
+                }
+                return Ok(());
+            }
+            ChangeKind::Message(_) => return Ok(()),
+        };
+        let Some(i) = self.source_index(relation) else {
+            return Ok(());
+        };
+        let name = self.name.clone();
+        let source = &mut self.sources[i];
+        let cols = source.columns_in(relation, &name)?.to_vec();
+        let origin = Origin {
+            table: source.qualified.clone(),
+            op,
+        };
+        for tuple in tuples {
+            let values: Option<Vec<Bytes>> = cols
+                .iter()
+                .map(|&c| match tuple.get(c) {
+                    Some(TupleValue::Text(b)) => Some(b.clone()),
+                    _ => None,
+                })
+                .collect();
+            // A null mapped column (an optional reference) maps to no key.
+            let Some(values) = values else { continue };
+            match &source.mapping {
+                Mapping::Columns(_) => {
+                    keys.direct.entry(values).or_insert_with(|| origin.clone());
+                }
+                Mapping::FanOut { .. } => {
+                    let entry = keys
+                        .fan_out
+                        .entry(i)
+                        .or_insert_with(|| (Vec::new(), origin.clone()));
+                    entry.0.extend(values);
+                }
+            }
+        }
+        keys.last = Some(pos);
+        Ok(())
+    }
+
+    /// Recompute the rows of `keys` (plus `existing`, the target's keys, when a source
+    /// table was truncated) on the source: upserts for rows the query returns, deletes
+    /// for keys it no longer returns.
+    pub async fn resolve(
+        &mut self,
+        source: &Client,
+        keys: KeySet,
+        existing: Vec<Key>,
+    ) -> Result<Batch, SinkError> {
+        let shape = self.prepare(source).await?;
+        let wrapped = self
+            .prepared
+            .as_ref()
+            .map(|(_, w)| w.clone())
+            .unwrap_or_default();
+        let pos = keys.last.unwrap_or_default();
+        let mut wanted: IndexMap<Key, Origin> = keys.direct;
+        for (i, (values, origin)) in keys.fan_out {
+            let s = &self.sources[i];
+            let Mapping::FanOut { query, .. } = &s.mapping else {
+                continue;
+            };
+            let aliases = (0..self.key.len())
+                .map(|j| format!("k{j}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let select = (0..self.key.len())
+                .map(|j| format!("k{j}::text"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!("SELECT {select} FROM ({query}) AS f({aliases})");
+            let param = TextArray::new(&values);
+            let rows = source
+                .query(&sql, &[&param])
+                .await
+                .map_err(SinkError::pg(&self.name, "running the fan-out query"))?;
+            for row in rows {
+                if let Some(key) = row_texts(&row) {
+                    wanted.entry(key).or_insert_with(|| origin.clone());
+                }
+            }
+        }
+        if keys.everything {
+            let origin = Origin {
+                table: "*".into(),
+                op: "truncate",
+            };
+            for key in existing {
+                wanted.entry(key).or_insert_with(|| origin.clone());
+            }
+        }
+        let mut batch = Batch::new(shape.clone());
+        if wanted.is_empty() {
+            return Ok(batch);
+        }
+        let params: Vec<TextArray> = (0..self.key.len())
+            .map(|j| {
+                let col: Vec<Bytes> = wanted.keys().map(|k| k[j].clone()).collect();
+                TextArray::new(&col)
+            })
+            .collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let rows = source
+            .query(&wrapped, &refs)
+            .await
+            .map_err(SinkError::pg(&self.name, "running the projection query"))?;
+        for row in rows {
+            let values: Vec<TupleValue> = (0..row.len())
+                .map(|j| match row.get::<_, Option<String>>(j) {
+                    Some(s) => TupleValue::Text(Bytes::from(s)),
+                    None => TupleValue::Null,
+                })
+                .collect();
+            let key: Option<Key> = shape
+                .key
+                .iter()
+                .map(|&k| match &values[k] {
+                    TupleValue::Text(b) => Some(b.clone()),
+                    _ => None,
+                })
+                .collect();
+            let Some(key) = key else { continue };
+            // Only the keys asked for: a query that returns more does not widen the batch.
+            let Some(origin) = wanted.shift_remove(&key) else {
+                continue;
+            };
+            batch.push(
+                key,
+                Entry {
+                    op: Op::Upsert(values),
+                    pos,
+                    origin,
+                },
+            );
+        }
+        for (key, origin) in wanted {
+            batch.push(
+                key,
+                Entry {
+                    op: Op::Delete,
+                    pos,
+                    origin,
+                },
+            );
+        }
+        Ok(batch)
+    }
+}
+
+impl SourceTable {
+    /// The mapped columns' indices in `rel`, checked against its replica identity.
+    fn columns_in(&mut self, rel: &Arc<Relation>, projection: &str) -> Result<&[usize], SinkError> {
+        let fresh = matches!(&self.checked, Some((r, _)) if Arc::ptr_eq(r, rel) || **r == **rel);
+        if !fresh {
+            let names: Vec<&str> = match &self.mapping {
+                Mapping::Columns(c) => c.iter().map(String::as_str).collect(),
+                Mapping::FanOut { column, .. } => vec![column.as_str()],
+            };
+            let full = rel.replica_identity == ReplicaIdentity::Full;
+            let mut idx = Vec::new();
+            for n in names {
+                let Some(i) = rel.column_index(n) else {
+                    return Err(SinkError::config(
+                        projection,
+                        format!("{} has no column {n:?}", self.qualified),
+                    ));
+                };
+                if !full && !rel.columns[i].is_key {
+                    return Err(SinkError::config(
+                        projection,
+                        format!(
+                            "column {n:?} of {} maps changes to keys but is not in the table's \
+                             replica identity, so a delete or an update moving the row would not \
+                             say which key it left; fix: ALTER TABLE {}.{} REPLICA IDENTITY FULL",
+                            self.qualified,
+                            quote_ident(&self.schema),
+                            quote_ident(&self.table)
+                        ),
+                    ));
+                }
+                idx.push(i);
+            }
+            self.checked = Some((rel.clone(), idx));
+        }
+        Ok(self
+            .checked
+            .as_ref()
+            .map(|(_, i)| i.as_slice())
+            .unwrap_or(&[]))
+    }
+}
+
+fn row_texts(row: &Row) -> Option<Key> {
+    (0..row.len())
+        .map(|j| row.get::<_, Option<String>>(j).map(Bytes::from))
+        .collect()
+}
+
+/// An array parameter sent in text format (`{"a","b"}`), so the server parses the elements
+/// with the parameter's own type, whatever it is.
+#[derive(Debug)]
+pub struct TextArray(Bytes);
+
+impl TextArray {
+    /// The array literal of `values`.
+    pub fn new(values: &[Bytes]) -> TextArray {
+        let mut out =
+            BytesMut::with_capacity(values.iter().map(|v| v.len() + 3).sum::<usize>() + 2);
+        out.put_u8(b'{');
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                out.put_u8(b',');
+            }
+            out.put_u8(b'"');
+            for &b in v.iter() {
+                if b == b'"' || b == b'\\' {
+                    out.put_u8(b'\\');
+                }
+                out.put_u8(b);
+            }
+            out.put_u8(b'"');
+        }
+        out.put_u8(b'}');
+        TextArray(out.freeze())
+    }
+}
+
+impl ToSql for TextArray {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        out.put_slice(&self.0);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _: &Type) -> Format {
+        Format::Text
+    }
+
+    to_sql_checked!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn array_literals_escape_quotes_and_backslashes() {
+        let a = TextArray::new(&[Bytes::from("a"), Bytes::from("b\"c\\d"), Bytes::from("")]);
+        assert_eq!(&a.0[..], br#"{"a","b\"c\\d",""}"#);
+        assert_eq!(&TextArray::new(&[]).0[..], b"{}");
+    }
+}

@@ -1,0 +1,868 @@
+//! What the user configures: sinks, projections and their targets, batching.
+//!
+//! Plain serde types (the binary reads them from TOML), defaults as named constants, and a
+//! [`validate`] that names the key path of the first problem and what is allowed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use pgprism_decoder::stream::redact_dsn;
+use serde::Deserialize;
+
+/// Default upper bound on changes in one batch.
+pub const DEFAULT_MAX_ROWS: usize = 20_000;
+/// Default lower bound the adaptive batch size never goes under.
+pub const DEFAULT_MIN_ROWS: usize = 100;
+/// Default batch size to start with.
+pub const DEFAULT_START_ROWS: usize = 2_000;
+/// Default longest time a change waits in a batch.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_millis(200);
+/// Default lag the adaptive batch size aims under.
+pub const DEFAULT_TARGET_LAG: Duration = Duration::from_secs(1);
+/// Default flush time above which the batch size shrinks.
+pub const DEFAULT_SLOW_FLUSH: Duration = Duration::from_secs(2);
+/// Default lifetime of a Redis delete tombstone (must exceed the replay window).
+pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Most keys written by one Redis script call.
+pub const DEFAULT_REDIS_KEYS_PER_CALL: usize = 500;
+
+/// What kind of store a sink is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// A Postgres database (`dsn`).
+    Postgres,
+    /// A Redis server (`url`).
+    Redis,
+}
+
+/// A place read models are written to. (Flat rather than an enum so that a parse error
+/// inside it names its key path.)
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    /// `postgres` or `redis`.
+    pub kind: SinkKind,
+    /// Postgres: connection string (`postgres://…` or `key=value`).
+    #[serde(default)]
+    pub dsn: Option<String>,
+    /// Redis: `redis://[user:password@]host:port[/db]`.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+impl SinkSpec {
+    /// A Postgres sink.
+    pub fn postgres(dsn: impl Into<String>) -> SinkSpec {
+        SinkSpec {
+            kind: SinkKind::Postgres,
+            dsn: Some(dsn.into()),
+            url: None,
+        }
+    }
+
+    /// A Redis sink.
+    pub fn redis(url: impl Into<String>) -> SinkSpec {
+        SinkSpec {
+            kind: SinkKind::Redis,
+            dsn: None,
+            url: Some(url.into()),
+        }
+    }
+}
+
+impl fmt::Debug for SinkSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            SinkKind::Postgres => write!(
+                f,
+                "Postgres({})",
+                redact_dsn(self.dsn.as_deref().unwrap_or(""))
+            ),
+            SinkKind::Redis => write!(
+                f,
+                "Redis({})",
+                redact_url(self.url.as_deref().unwrap_or(""))
+            ),
+        }
+    }
+}
+
+/// Hide the password in a `redis://user:password@host` URL.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = rest.get(..authority_end).unwrap_or(rest);
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = authority.get(..at).unwrap_or("");
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let tail = rest.get(at + 1..).unwrap_or("");
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{tail}")
+            } else {
+                format!("{scheme}://***@{tail}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// What kind of projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProjectionKind {
+    /// One source table copied to one target.
+    Mirror,
+    /// Rows recomputed by a SQL query for the keys a change touches.
+    Query,
+}
+
+/// One read model as configured: how changes become rows, and where the rows go.
+/// [`ProjectionSpec::resolve`] checks which keys its kind takes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectionSpec {
+    /// Unique name of the projection.
+    pub name: String,
+    /// `mirror` or `query`.
+    pub kind: ProjectionKind,
+    /// Mirror: the source table, `schema.table`.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Mirror: the source columns to copy (default: all).
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+    /// Mirror: source column → target column renames.
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+    /// Mirror: the source columns identifying a row (default: the primary key).
+    /// Query: the output columns identifying a read-model row (required).
+    #[serde(default)]
+    pub key: Option<Vec<String>>,
+    /// Query: the SQL, one array parameter per key column (`… WHERE o.id = ANY($1)`).
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Query: for each source table, how a change to it maps to read-model keys.
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeySource>,
+    /// Where the rows go.
+    #[serde(default)]
+    pub targets: Vec<TargetSpec>,
+}
+
+/// A projection checked for its kind.
+#[derive(Debug, Clone)]
+pub enum Resolved {
+    /// A mirror.
+    Mirror(MirrorSpec),
+    /// A query projection.
+    Query(QuerySpec),
+}
+
+impl ProjectionSpec {
+    /// Check the keys this kind takes (`path` is the projection's key path) and return
+    /// the kind-specific view.
+    pub fn resolve(&self, path: &str) -> Result<Resolved, SpecError> {
+        let refuse = |key: &str, set: bool| {
+            if set {
+                Err(err(
+                    format!("{path}.{key}"),
+                    format!("a {:?} projection does not take `{key}`", self.kind).to_lowercase(),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match self.kind {
+            ProjectionKind::Mirror => {
+                refuse("query", self.query.is_some())?;
+                refuse("keys", !self.keys.is_empty())?;
+                let Some(source) = &self.source else {
+                    return Err(err(
+                        format!("{path}.source"),
+                        "a mirror needs `source`, the table to copy (like \"public.orders\")",
+                    ));
+                };
+                Ok(Resolved::Mirror(MirrorSpec {
+                    name: self.name.clone(),
+                    source: source.clone(),
+                    columns: self.columns.clone(),
+                    rename: self.rename.clone(),
+                    key: self.key.clone(),
+                    targets: self.targets.clone(),
+                }))
+            }
+            ProjectionKind::Query => {
+                refuse("source", self.source.is_some())?;
+                refuse("columns", self.columns.is_some())?;
+                refuse("rename", !self.rename.is_empty())?;
+                let Some(key) = &self.key else {
+                    return Err(err(
+                        format!("{path}.key"),
+                        "a query projection needs `key`, its key columns (like [\"id\"])",
+                    ));
+                };
+                let Some(query) = &self.query else {
+                    return Err(err(
+                        format!("{path}.query"),
+                        "a query projection needs `query`",
+                    ));
+                };
+                Ok(Resolved::Query(QuerySpec {
+                    name: self.name.clone(),
+                    key: key.clone(),
+                    query: query.clone(),
+                    keys: self.keys.clone(),
+                    targets: self.targets.clone(),
+                }))
+            }
+        }
+    }
+}
+
+/// A mirror projection.
+#[derive(Debug, Clone)]
+pub struct MirrorSpec {
+    /// Unique name of the projection.
+    pub name: String,
+    /// The source table, `schema.table`.
+    pub source: String,
+    /// The source columns to copy (default: all).
+    pub columns: Option<Vec<String>>,
+    /// Source column → target column renames.
+    pub rename: BTreeMap<String, String>,
+    /// The source columns identifying a row (default: the table's primary key).
+    pub key: Option<Vec<String>>,
+    /// Where the rows go.
+    pub targets: Vec<TargetSpec>,
+}
+
+/// A query projection.
+#[derive(Debug, Clone)]
+pub struct QuerySpec {
+    /// Unique name of the projection.
+    pub name: String,
+    /// The output columns identifying a read-model row.
+    pub key: Vec<String>,
+    /// The query: takes one array parameter per key column (`$1`, `$2`, …) and returns
+    /// the rows for those keys (`… WHERE o.id = ANY($1)`).
+    pub query: String,
+    /// For each source table, how a change to it maps to read-model keys.
+    pub keys: BTreeMap<String, KeySource>,
+    /// Where the rows go.
+    pub targets: Vec<TargetSpec>,
+}
+
+/// How a change to one source table maps to read-model keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySource {
+    /// Without `query`: the source column holding the read-model key. With `query`: the
+    /// source column passed as `$1` (default: the table's single primary-key column).
+    #[serde(default)]
+    pub column: Option<String>,
+    /// For multi-column read-model keys: the source columns holding them, in key order.
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+    /// A fan-out query from `$1` (an array of `column` values) to read-model keys.
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+/// How rows are stored in a Redis target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisFormat {
+    /// One hash per row: a field per non-null column.
+    Hash,
+    /// One string per row: a JSON object.
+    Json,
+    /// Delete the key on any change (for cache-aside readers).
+    Invalidate,
+}
+
+/// One place a projection writes to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// The sink (a key of `[sinks]`).
+    pub sink: String,
+    /// Name of the target's offset (default `projection.sink`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Postgres: the target table, `schema.table`.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Redis: key template, columns in braces (`order:{id}`).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Redis: `hash` (default), `json` or `invalidate`.
+    #[serde(default)]
+    pub format: Option<RedisFormat>,
+    /// Redis: expire keys after this long.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    /// Redis: add up to this much random time to `ttl`, so keys do not expire together.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl_jitter: Option<Duration>,
+    /// Redis: how long a delete's tombstone guards the key against older replays.
+    #[serde(default, with = "humantime_serde")]
+    pub tombstone_ttl: Option<Duration>,
+}
+
+impl TargetSpec {
+    /// The target's name: its offset row and dead letters are kept under it.
+    pub fn name_in(&self, projection: &str) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("{projection}.{}", self.sink))
+    }
+}
+
+/// Batch sizing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchSpec {
+    /// Most changes in one batch.
+    pub max_rows: usize,
+    /// Fewest changes the adaptive size shrinks to.
+    pub min_rows: usize,
+    /// The size to start with.
+    pub start_rows: usize,
+    /// Longest a change waits in a batch.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Lag to aim under: the batch grows while lag is above it and flushes are fast.
+    #[serde(with = "humantime_serde")]
+    pub target_lag: Duration,
+    /// A flush slower than this shrinks the batch.
+    #[serde(with = "humantime_serde")]
+    pub slow_flush: Duration,
+}
+
+impl Default for BatchSpec {
+    fn default() -> Self {
+        BatchSpec {
+            max_rows: DEFAULT_MAX_ROWS,
+            min_rows: DEFAULT_MIN_ROWS,
+            start_rows: DEFAULT_START_ROWS,
+            max_age: DEFAULT_MAX_AGE,
+            target_lag: DEFAULT_TARGET_LAG,
+            slow_flush: DEFAULT_SLOW_FLUSH,
+        }
+    }
+}
+
+/// A configuration problem: the key path and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct SpecError {
+    /// Where, e.g. `projections[0].targets[1].table`.
+    pub path: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// Split `schema.table` (default schema `public`); names may be double-quoted.
+pub fn parse_table_name(name: &str) -> Option<(String, String)> {
+    let parts = split_qualified(name)?;
+    match parts.as_slice() {
+        [table] => Some(("public".to_owned(), table.clone())),
+        [schema, table] => Some((schema.clone(), table.clone())),
+        _ => None,
+    }
+}
+
+/// Split a dotted name into parts, honouring double quotes (`"a.b".c` is two parts).
+fn split_qualified(name: &str) -> Option<Vec<String>> {
+    let mut parts = Vec::new();
+    let mut chars = name.chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    '"' => break,
+                    c => part.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                part.push(c);
+                chars.next();
+            }
+        }
+        if part.is_empty() {
+            return None;
+        }
+        parts.push(part);
+        match chars.next() {
+            None => return Some(parts),
+            Some('.') => continue,
+            Some(_) => return None,
+        }
+    }
+}
+
+/// The column names in a Redis key template (`order:{id}` → `["id"]`); `{{`/`}}` are
+/// literal braces.
+pub fn template_columns(template: &str) -> Result<Vec<String>, String> {
+    let mut cols = Vec::new();
+    let mut chars = template.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+            }
+            '{' => {
+                let mut name = String::new();
+                loop {
+                    match chars.next() {
+                        Some('}') => break,
+                        Some(c) => name.push(c),
+                        None => return Err(format!("unclosed '{{' in {template:?}")),
+                    }
+                }
+                if name.is_empty() {
+                    return Err(format!("empty '{{}}' in {template:?}"));
+                }
+                cols.push(name);
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+            }
+            '}' => return Err(format!("unmatched '}}' in {template:?}; write '}}}}'")),
+            _ => {}
+        }
+    }
+    if cols.is_empty() {
+        return Err(format!(
+            "{template:?} names no column; use one like \"order:{{id}}\""
+        ));
+    }
+    Ok(cols)
+}
+
+/// Check sinks, projections and batching together; the first problem, with its key path.
+pub fn validate(
+    sinks: &BTreeMap<String, SinkSpec>,
+    projections: &[ProjectionSpec],
+    batch: &BatchSpec,
+) -> Result<(), SpecError> {
+    for (name, sink) in sinks {
+        let path = format!("sinks.{name}");
+        match sink.kind {
+            SinkKind::Postgres => {
+                if sink.url.is_some() {
+                    return Err(err(
+                        format!("{path}.url"),
+                        "a postgres sink takes `dsn`, not `url`",
+                    ));
+                }
+                match &sink.dsn {
+                    Some(dsn) if !dsn.trim().is_empty() => {}
+                    _ => return Err(err(format!("{path}.dsn"), "a postgres sink needs `dsn`")),
+                }
+            }
+            SinkKind::Redis => {
+                if sink.dsn.is_some() {
+                    return Err(err(
+                        format!("{path}.dsn"),
+                        "a redis sink takes `url`, not `dsn`",
+                    ));
+                }
+                match &sink.url {
+                    Some(url)
+                        if url.starts_with("redis://")
+                            || url.starts_with("rediss://")
+                            || url.starts_with("unix://") => {}
+                    Some(_) => {
+                        return Err(err(
+                            format!("{path}.url"),
+                            "must start with redis://, rediss:// or unix://",
+                        ));
+                    }
+                    None => return Err(err(format!("{path}.url"), "a redis sink needs `url`")),
+                }
+            }
+        }
+    }
+    if batch.min_rows == 0 || batch.min_rows > batch.max_rows {
+        return Err(err(
+            "batch.min_rows",
+            format!("must be between 1 and batch.max_rows ({})", batch.max_rows),
+        ));
+    }
+    if !(batch.min_rows..=batch.max_rows).contains(&batch.start_rows) {
+        return Err(err(
+            "batch.start_rows",
+            "must lie between batch.min_rows and batch.max_rows",
+        ));
+    }
+    if batch.max_age.is_zero() {
+        return Err(err("batch.max_age", "must be more than 0s"));
+    }
+    let mut names = BTreeSet::new();
+    let mut target_names = BTreeSet::new();
+    for (i, p) in projections.iter().enumerate() {
+        let path = format!("projections[{i}]");
+        let resolved = p.resolve(&path)?;
+        let (name, targets, out_columns) = match &resolved {
+            Resolved::Mirror(m) => {
+                if parse_table_name(&m.source).is_none() {
+                    return Err(err(
+                        format!("{path}.source"),
+                        format!("{:?} is not a table name like public.orders", m.source),
+                    ));
+                }
+                if let Some(cols) = &m.columns
+                    && cols.is_empty()
+                {
+                    return Err(err(
+                        format!("{path}.columns"),
+                        "must name at least one column (omit it to copy all)",
+                    ));
+                }
+                if let (Some(cols), Some(key)) = (&m.columns, &m.key)
+                    && let Some(k) = key.iter().find(|k| !cols.contains(k))
+                {
+                    return Err(err(
+                        format!("{path}.key"),
+                        format!("key column {k:?} is not among the copied columns"),
+                    ));
+                }
+                let out = m.columns.as_ref().map(|cols| {
+                    cols.iter()
+                        .map(|c| m.rename.get(c).unwrap_or(c).clone())
+                        .collect::<Vec<_>>()
+                });
+                (&m.name, &m.targets, out)
+            }
+            Resolved::Query(q) => {
+                if q.key.is_empty() {
+                    return Err(err(format!("{path}.key"), "must name the key columns"));
+                }
+                if q.query.trim().is_empty() {
+                    return Err(err(format!("{path}.query"), "must not be empty"));
+                }
+                if q.keys.is_empty() {
+                    return Err(err(
+                        format!("{path}.keys"),
+                        "must map at least one source table to keys",
+                    ));
+                }
+                for (table, source) in &q.keys {
+                    let kpath = format!("{path}.keys.\"{table}\"");
+                    if parse_table_name(table).is_none() {
+                        return Err(err(kpath, "is not a table name like public.orders"));
+                    }
+                    match (&source.column, &source.columns, &source.query) {
+                        (Some(_), Some(_), _) => {
+                            return Err(err(kpath, "give `column` or `columns`, not both"));
+                        }
+                        (None, None, None) => {
+                            return Err(err(kpath, "needs `column` (or `columns`) or `query`"));
+                        }
+                        (_, Some(cols), None) if cols.len() != q.key.len() => {
+                            return Err(err(
+                                format!("{kpath}.columns"),
+                                format!("must name {} columns, one per key column", q.key.len()),
+                            ));
+                        }
+                        (Some(_), None, None) if q.key.len() != 1 => {
+                            return Err(err(
+                                kpath,
+                                format!(
+                                    "the key has {} columns; use `columns = [...]`",
+                                    q.key.len()
+                                ),
+                            ));
+                        }
+                        (_, Some(_), Some(_)) => {
+                            return Err(err(
+                                format!("{kpath}.columns"),
+                                "a fan-out query takes one `column` as $1",
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+                (&q.name, &q.targets, None)
+            }
+        };
+        if name.trim().is_empty() {
+            return Err(err(format!("{path}.name"), "must not be empty"));
+        }
+        if !names.insert(name.clone()) {
+            return Err(err(
+                format!("{path}.name"),
+                format!("{name:?} is used by another projection"),
+            ));
+        }
+        if targets.is_empty() {
+            return Err(err(format!("{path}.targets"), "needs at least one target"));
+        }
+        for (j, t) in targets.iter().enumerate() {
+            let tpath = format!("{path}.targets[{j}]");
+            let Some(sink) = sinks.get(&t.sink) else {
+                let known: Vec<_> = sinks.keys().map(String::as_str).collect();
+                return Err(err(
+                    format!("{tpath}.sink"),
+                    format!(
+                        "no sink named {:?} (defined: {})",
+                        t.sink,
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            };
+            if !target_names.insert(t.name_in(name)) {
+                return Err(err(
+                    format!("{tpath}.name"),
+                    format!(
+                        "two targets are called {:?}; give one a `name`",
+                        t.name_in(name)
+                    ),
+                ));
+            }
+            match sink.kind {
+                SinkKind::Postgres => {
+                    let Some(table) = &t.table else {
+                        return Err(err(
+                            format!("{tpath}.table"),
+                            "a Postgres target needs `table`",
+                        ));
+                    };
+                    if parse_table_name(table).is_none() {
+                        return Err(err(
+                            format!("{tpath}.table"),
+                            format!("{table:?} is not a table name like public.orders"),
+                        ));
+                    }
+                    for key in ["key", "format", "ttl", "ttl_jitter", "tombstone_ttl"] {
+                        let set = match key {
+                            "key" => t.key.is_some(),
+                            "format" => t.format.is_some(),
+                            "ttl" => t.ttl.is_some(),
+                            "ttl_jitter" => t.ttl_jitter.is_some(),
+                            _ => t.tombstone_ttl.is_some(),
+                        };
+                        if set {
+                            return Err(err(
+                                format!("{tpath}.{key}"),
+                                "only Redis targets take this",
+                            ));
+                        }
+                    }
+                }
+                SinkKind::Redis => {
+                    if t.table.is_some() {
+                        return Err(err(
+                            format!("{tpath}.table"),
+                            "only Postgres targets take `table`; Redis targets take `key`",
+                        ));
+                    }
+                    let Some(template) = &t.key else {
+                        return Err(err(
+                            format!("{tpath}.key"),
+                            "a Redis target needs a key template like \"order:{id}\"",
+                        ));
+                    };
+                    let cols =
+                        template_columns(template).map_err(|m| err(format!("{tpath}.key"), m))?;
+                    if let Some(out) = &out_columns
+                        && let Some(c) = cols.iter().find(|c| !out.contains(c))
+                    {
+                        return Err(err(
+                            format!("{tpath}.key"),
+                            format!("{c:?} is not a column of the projection"),
+                        ));
+                    }
+                    if let Resolved::Query(q) = &resolved
+                        && let Some(c) = cols.iter().find(|c| !q.key.contains(c))
+                    {
+                        return Err(err(
+                            format!("{tpath}.key"),
+                            format!("{c:?} is not a key column ({})", q.key.join(", ")),
+                        ));
+                    }
+                    if t.ttl_jitter.is_some() && t.ttl.is_none() {
+                        return Err(err(format!("{tpath}.ttl_jitter"), "needs `ttl`"));
+                    }
+                    if t.format == Some(RedisFormat::Invalidate) && t.ttl.is_some() {
+                        return Err(err(
+                            format!("{tpath}.ttl"),
+                            "an `invalidate` target writes no values to expire",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Doc {
+        #[serde(default)]
+        sinks: BTreeMap<String, SinkSpec>,
+        #[serde(default)]
+        projections: Vec<ProjectionSpec>,
+        #[serde(default)]
+        batch: BatchSpec,
+    }
+
+    fn check(toml_text: &str) -> Result<(), String> {
+        let doc: Doc = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        validate(&doc.sinks, &doc.projections, &doc.batch).map_err(|e| e.to_string())
+    }
+
+    const DESIGN_EXAMPLE: &str = r#"
+[sinks.pg]
+kind = "postgres"
+dsn = "postgres://app:secret@localhost:5432/shop"
+
+[sinks.cache]
+kind = "redis"
+url = "redis://localhost:6379"
+
+[[projections]]
+name = "order_read_model"
+kind = "query"
+key = ["id"]
+query = "SELECT o.id FROM orders o WHERE o.id = ANY($1)"
+[projections.keys]
+"public.orders" = { column = "id" }
+"public.order_items" = { column = "order_id" }
+"public.customers" = { query = "SELECT id FROM orders WHERE customer_id = ANY($1)" }
+[[projections.targets]]
+sink = "pg"
+table = "public.order_read_model"
+[[projections.targets]]
+sink = "cache"
+key = "order:{id}"
+format = "hash"
+ttl = "1h"
+ttl_jitter = "5m"
+
+[[projections]]
+name = "customers"
+kind = "mirror"
+source = "public.customers"
+columns = ["id", "name"]
+rename = { name = "customer_name" }
+[[projections.targets]]
+sink = "pg"
+table = "read.customers"
+[[projections.targets]]
+sink = "cache"
+key = "customer:{id}"
+format = "json"
+"#;
+
+    #[test]
+    fn the_design_example_is_valid() {
+        check(DESIGN_EXAMPLE).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_key_path() {
+        let cases = [
+            (
+                DESIGN_EXAMPLE.replace(
+                    "sink = \"cache\"\nkey = \"order",
+                    "sink = \"cahce\"\nkey = \"order",
+                ),
+                "projections[0].targets[1].sink: no sink named \"cahce\" (defined: cache, pg)",
+            ),
+            (
+                DESIGN_EXAMPLE.replace("ttl = \"1h\"", "ttl = \"1 fortnight\""),
+                "ttl",
+            ),
+            (
+                DESIGN_EXAMPLE.replace("format = \"hash\"", "format = \"hash\"\ncolour = 1"),
+                "unknown field `colour`",
+            ),
+            (
+                DESIGN_EXAMPLE.replace("key = \"customer:{id}\"", "key = \"customer:{name}\""),
+                "projections[1].targets[1].key: \"name\" is not a column of the projection",
+            ),
+            (
+                DESIGN_EXAMPLE.replace("table = \"read.customers\"", "table = \"a.b.c\""),
+                "projections[1].targets[0].table",
+            ),
+            (
+                DESIGN_EXAMPLE.replace("{ column = \"order_id\" }", "{ }"),
+                "projections[0].keys.\"public.order_items\": needs `column`",
+            ),
+            (
+                DESIGN_EXAMPLE.replace("name = \"customers\"", "name = \"order_read_model\""),
+                "projections[1].name: \"order_read_model\" is used by another projection",
+            ),
+            (
+                format!("{DESIGN_EXAMPLE}\n[batch]\nmin_rows = 0\n"),
+                "batch.min_rows",
+            ),
+        ];
+        for (doc, want) in cases {
+            let got = check(&doc).unwrap_err();
+            assert!(got.contains(want), "want {want:?} in {got:?}");
+        }
+    }
+
+    #[test]
+    fn sink_debug_hides_passwords() {
+        let pg = SinkSpec::postgres("postgres://app:secret@db/shop");
+        let redis = SinkSpec::redis("redis://u:hunter2@cache:6379/0");
+        let shown = format!("{pg:?} {redis:?}");
+        assert!(
+            !shown.contains("secret") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert!(shown.contains("cache:6379"), "{shown}");
+    }
+
+    #[test]
+    fn table_names_and_templates_parse() {
+        assert_eq!(
+            parse_table_name("orders"),
+            Some(("public".into(), "orders".into()))
+        );
+        assert_eq!(
+            parse_table_name("\"My Schema\".\"a.\"\"b\""),
+            Some(("My Schema".into(), "a.\"b".into()))
+        );
+        assert_eq!(parse_table_name("a..b"), None);
+        assert_eq!(template_columns("o:{id}:{line}").unwrap(), ["id", "line"]);
+        assert_eq!(template_columns("{{x}}:{id}").unwrap(), ["id"]);
+        assert!(template_columns("plain").is_err());
+        assert!(template_columns("o:{id").is_err());
+    }
+}

@@ -1,0 +1,314 @@
+//! Shared helpers of the sink tests: a real Postgres and Redis from the testkit, the
+//! example schema, and a pipeline run from the replication slot until a given point.
+
+#![allow(dead_code, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pgprism_decoder::Lsn;
+use pgprism_decoder::stream::{ReplicationStream, SourceDsn, StreamConfig};
+use pgprism_leader::Epoch;
+use pgprism_sink::drive::{DriveOptions, drive};
+use pgprism_sink::spec::{BatchSpec, ProjectionSpec, SinkSpec};
+use pgprism_sink::{FlushReport, Projector, ProjectorConfig};
+use pgprism_testkit::{PgServer, RedisServer};
+use tokio::sync::watch;
+
+pub const SCHEMA: &str = include_str!("../../../../sql/schema.sql");
+pub const READ_MODELS: &str = include_str!("../../../../sql/read_models.sql");
+
+pub const ORDER_QUERY: &str = "
+SELECT o.id, c.name AS customer_name, c.email AS customer_email, o.status,
+       coalesce(sum(i.quantity), 0)::int AS item_count,
+       coalesce(sum(i.quantity * i.unit_cents), 0)::int AS total_cents,
+       (SELECT p.name FROM order_items fi JOIN products p ON p.id = fi.product_id
+         WHERE fi.order_id = o.id ORDER BY fi.id LIMIT 1) AS first_item_name,
+       o.created_at, o.updated_at
+  FROM orders o
+  JOIN customers c ON c.id = o.customer_id
+  LEFT JOIN order_items i ON i.order_id = o.id
+ WHERE o.id = ANY($1)
+ GROUP BY o.id, c.name, c.email";
+
+/// The order read model as configured by a user: Postgres table and Redis hashes.
+pub fn order_read_model_toml() -> String {
+    format!(
+        r#"
+name = "order_read_model"
+kind = "query"
+key = ["id"]
+query = """{ORDER_QUERY}"""
+[keys]
+"public.orders" = {{ column = "id" }}
+"public.order_items" = {{ column = "order_id" }}
+"public.customers" = {{ query = "SELECT id FROM orders WHERE customer_id = ANY($1)" }}
+"public.products" = {{ query = "SELECT DISTINCT order_id FROM order_items WHERE product_id = ANY($1)" }}
+[[targets]]
+sink = "pg"
+table = "public.order_read_model"
+[[targets]]
+sink = "cache"
+key = "order:{{id}}"
+format = "hash"
+"#
+    )
+}
+
+pub fn projection(toml_text: &str) -> ProjectionSpec {
+    toml::from_str(toml_text).unwrap_or_else(|e| panic!("{e}\n{toml_text}"))
+}
+
+/// A database on a real Postgres with a publication and slot, and a Redis.
+pub struct Env {
+    pub pg: PgServer,
+    pub redis: RedisServer,
+    pub db: String,
+    pub dsn: String,
+}
+
+impl Env {
+    pub fn new(schema: &str) -> Env {
+        let pg = PgServer::start().expect("start postgres");
+        let redis = RedisServer::start().expect("start redis");
+        let (db, dsn) = pg.fresh_database().expect("database");
+        let env = Env { pg, redis, db, dsn };
+        env.sql(schema);
+        env.sql("CREATE PUBLICATION pgprism FOR ALL TABLES");
+        env.sql("SELECT pg_create_logical_replication_slot('pgprism', 'pgoutput')");
+        env
+    }
+
+    pub fn sql(&self, sql: &str) -> String {
+        self.pg
+            .psql(&self.db, sql)
+            .unwrap_or_else(|e| panic!("psql failed: {e}\nSQL: {sql}"))
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let c = self.pg.client(&self.db).await.expect("client");
+        c.batch_execute("SET TimeZone = 'UTC'; SET DateStyle = ISO")
+            .await
+            .unwrap();
+        c
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    pub fn sinks(&self) -> BTreeMap<String, SinkSpec> {
+        BTreeMap::from([
+            ("pg".to_owned(), SinkSpec::postgres(self.dsn.clone())),
+            ("cache".to_owned(), SinkSpec::redis(self.redis.url())),
+        ])
+    }
+
+    pub fn config(&self, projections: Vec<ProjectionSpec>, epoch: i64) -> ProjectorConfig {
+        ProjectorConfig {
+            pipeline: "test".to_owned(),
+            epoch: Epoch(epoch),
+            source: SourceDsn::parse(&self.dsn).unwrap(),
+            sinks: self.sinks(),
+            projections,
+            batch: BatchSpec::default(),
+            takeover_after: Duration::from_secs(5),
+        }
+    }
+
+    /// A transactional marker: its commit ends after everything committed before it.
+    pub fn marker(&self) -> Lsn {
+        self.sql("SELECT pg_logical_emit_message(true, 'pgprism-test', 'mark')")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Start a projector and run it from the slot until everything committed so far is
+    /// durable in every target. `replay_window` keeps the slot from moving (for replays).
+    pub async fn run(
+        &self,
+        cfg: &ProjectorConfig,
+        replay_window: u64,
+    ) -> (Projector, Vec<FlushReport>) {
+        let mut projector = Projector::start(cfg).await.expect("projector starts");
+        let reports = self.run_with(&mut projector, replay_window).await;
+        (projector, reports)
+    }
+
+    pub async fn run_with(
+        &self,
+        projector: &mut Projector,
+        replay_window: u64,
+    ) -> Vec<FlushReport> {
+        let until = self.marker();
+        let mut stream_cfg =
+            StreamConfig::new(SourceDsn::parse(&self.dsn).unwrap(), "pgprism", "pgprism");
+        stream_cfg.start_lsn = projector.resume_lsn();
+        let mut stream = ReplicationStream::open(stream_cfg).await.expect("stream");
+        let (_stop_tx, mut stop) = watch::channel(false);
+        let opts = DriveOptions {
+            replay_window,
+            until: Some(until),
+        };
+        let mut reports = Vec::new();
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            drive(projector, &mut stream, &mut stop, &opts, |r| {
+                reports.push(r.clone())
+            }),
+        )
+        .await
+        .expect("pipeline caught up within 120 s")
+        .expect("pipeline runs");
+        stream
+            .shutdown(Duration::from_secs(5))
+            .await
+            .expect("clean stop");
+        reports
+    }
+
+    /// Rows of `sql` as text (NULL as "∅"), sorted.
+    pub async fn rows(&self, sql: &str) -> Vec<Vec<String>> {
+        let c = self.client().await;
+        let mut rows: Vec<Vec<String>> = c
+            .simple_query(sql)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                    (0..r.len())
+                        .map(|i| r.get(i).unwrap_or("∅").to_owned())
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+}
+
+/// A randomized shop workload: inserts, updates and deletes over all four tables,
+/// including customer and product renames, item moves and deletes, and order deletes.
+/// `txns` transactions of 1–3 operations each.
+pub async fn shop_workload(client: &tokio_postgres::Client, txns: usize, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut customers: Vec<String> = Vec::new();
+    let mut products: Vec<String> = Vec::new();
+    let mut orders: Vec<String> = Vec::new();
+    let mut items: Vec<String> = Vec::new();
+    let one = |rows: Vec<tokio_postgres::Row>| -> String { rows[0].get(0) };
+    for c in 0..5 {
+        customers.push(one(client
+            .query(
+                "INSERT INTO customers (name, email) VALUES ($1, $2) RETURNING id::text",
+                &[&format!("customer {c}"), &format!("c{c}@example.com")],
+            )
+            .await
+            .unwrap()));
+    }
+    for p in 0..5 {
+        products.push(one(client
+            .query(
+                "INSERT INTO products (name, price_cents) VALUES ($1, $2) RETURNING id::text",
+                &[&format!("product {p}"), &(100 + p)],
+            )
+            .await
+            .unwrap()));
+    }
+    for t in 0..txns {
+        client.batch_execute("BEGIN").await.unwrap();
+        for _ in 0..rng.random_range(1..=3) {
+            let pick = |v: &Vec<String>, rng: &mut rand::rngs::StdRng| {
+                v[rng.random_range(0..v.len())].clone()
+            };
+            match rng.random_range(0..100) {
+                0..=4 => customers.push(one(client
+                    .query("INSERT INTO customers (name, email) VALUES ($1, $2) RETURNING id::text", &[&format!("customer t{t}"), &format!("t{t}@example.com")])
+                    .await.unwrap())),
+                5..=9 => products.push(one(client
+                    .query("INSERT INTO products (name, price_cents) VALUES ($1, $2) RETURNING id::text", &[&format!("product t{t}"), &rng.random_range(1..10_000i32)])
+                    .await.unwrap())),
+                10..=29 => {
+                    let o = one(client
+                        .query("INSERT INTO orders (customer_id) VALUES ($1::text::uuid) RETURNING id::text", &[&pick(&customers, &mut rng)])
+                        .await.unwrap());
+                    for _ in 0..rng.random_range(0..4) {
+                        items.push(one(client
+                            .query("INSERT INTO order_items (order_id, product_id, quantity, unit_cents) VALUES ($1::text::uuid, $2::text::uuid, $3, $4) RETURNING id::text",
+                                   &[&o, &pick(&products, &mut rng), &rng.random_range(1..5i32), &rng.random_range(0..5_000i32)])
+                            .await.unwrap()));
+                    }
+                    orders.push(o);
+                }
+                30..=39 if !orders.is_empty() => {
+                    let status = ["pending", "confirmed", "shipped", "cancelled"][rng.random_range(0..4)];
+                    client.execute("UPDATE orders SET status = $2, updated_at = now() WHERE id = $1::text::uuid", &[&pick(&orders, &mut rng), &status]).await.unwrap();
+                }
+                40..=49 if !orders.is_empty() => {
+                    items.push(one(client
+                        .query("INSERT INTO order_items (order_id, product_id, quantity, unit_cents) VALUES ($1::text::uuid, $2::text::uuid, $3, $4) RETURNING id::text",
+                               &[&pick(&orders, &mut rng), &pick(&products, &mut rng), &rng.random_range(1..5i32), &rng.random_range(0..5_000i32)])
+                        .await.unwrap()));
+                }
+                50..=57 if !items.is_empty() => {
+                    let i = rng.random_range(0..items.len());
+                    let id = items.swap_remove(i);
+                    client.execute("DELETE FROM order_items WHERE id = $1::text::uuid", &[&id]).await.unwrap();
+                }
+                58..=65 if !items.is_empty() => {
+                    client.execute("UPDATE order_items SET quantity = quantity + 1 WHERE id = $1::text::uuid", &[&pick(&items, &mut rng)]).await.unwrap();
+                }
+                66..=71 if !items.is_empty() && !orders.is_empty() => {
+                    // Move an item to another order: both orders change.
+                    client.execute("UPDATE order_items SET order_id = $2::text::uuid WHERE id = $1::text::uuid", &[&pick(&items, &mut rng), &pick(&orders, &mut rng)]).await.unwrap();
+                }
+                72..=79 => {
+                    client.execute("UPDATE customers SET name = name || '+', email = 'e' || $2 || '@example.com' WHERE id = $1::text::uuid", &[&pick(&customers, &mut rng), &t.to_string()]).await.unwrap();
+                }
+                80..=89 => {
+                    client.execute("UPDATE products SET name = name || '*' WHERE id = $1::text::uuid", &[&pick(&products, &mut rng)]).await.unwrap();
+                }
+                90..=99 if !orders.is_empty() => {
+                    let i = rng.random_range(0..orders.len());
+                    let id = orders.swap_remove(i);
+                    client.execute("DELETE FROM orders WHERE id = $1::text::uuid", &[&id]).await.unwrap();
+                }
+                _ => {}
+            }
+        }
+        client.batch_execute("COMMIT").await.unwrap();
+        // Deleted orders take their items along (ON DELETE CASCADE).
+        if t % 50 == 0 {
+            let live: Vec<String> = client
+                .query("SELECT id::text FROM order_items", &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            items = live;
+        }
+    }
+}
+
+/// Assert two sorted row sets are equal, printing only what differs.
+pub fn assert_same(got: &[Vec<String>], want: &[Vec<String>], what: &str) {
+    if got == want {
+        return;
+    }
+    let missing: Vec<_> = want.iter().filter(|r| !got.contains(r)).take(5).collect();
+    let extra: Vec<_> = got.iter().filter(|r| !want.contains(r)).take(5).collect();
+    panic!(
+        "{what}: {} rows, want {}\nmissing or different (first 5): {missing:#?}\nunexpected (first 5): {extra:#?}",
+        got.len(),
+        want.len()
+    );
+}
