@@ -17,6 +17,10 @@ use crate::projector::{FlushReport, Projector};
 /// gather a burst, short enough to keep the read models fresh.
 pub const IDLE_FLUSH_DELAY: Duration = Duration::from_millis(5);
 
+/// With nothing to flush, still flush this often: idle targets store their offsets (so
+/// status stays current) and carry out `pgprism dlq` requests.
+pub const IDLE_TICK: Duration = Duration::from_secs(1);
+
 /// Why driving stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DriveError {
@@ -33,7 +37,8 @@ pub enum DriveError {
 pub struct DriveOptions {
     /// Bytes of WAL the slot keeps behind the durable position, for replays.
     pub replay_window: u64,
-    /// Return once everything before this LSN is durable (tests, `replay --until`).
+    /// Return once every transaction committed before this LSN is durable, without
+    /// applying any that committed at or after it (tests, `replay --until`).
     pub until: Option<Lsn>,
 }
 
@@ -50,6 +55,7 @@ pub async fn drive(
     let acker = stream.acker();
     let mut idle_at: Option<Instant> = None;
     let mut wal_end = Lsn(0);
+    let mut last_flush = Instant::now();
     let done = |p: &Projector, wal_end: Lsn| {
         opts.until
             .is_some_and(|u| p.ack_lsn() >= u || (wal_end >= u && !p.has_unflushed()))
@@ -60,17 +66,18 @@ pub async fn drive(
                 return Ok(());
             }
             let deadline = match (projector.flush_deadline(), idle_at) {
-                (Some(a), Some(i)) => Some(Instant::from_std(a).min(i)),
-                (Some(a), None) => Some(Instant::from_std(a)),
-                (None, _) => None,
+                (Some(a), Some(i)) => Instant::from_std(a).min(i),
+                (Some(a), None) => Instant::from_std(a),
+                (None, _) => last_flush + IDLE_TICK,
             };
             let ev = tokio::select! {
                 // Stop first: a stop request must not wait behind a busy stream. Then the
                 // flush deadline, so a busy stream never delays a due flush.
                 biased;
                 _ = stop.changed() => continue,
-                () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                () = tokio::time::sleep_until(deadline) => {
                     idle_at = None;
+                    last_flush = Instant::now();
                     let report = projector.flush().await?;
                     on_flush(&report);
                     acker.ack(slot_ack(projector.ack_lsn(), opts.replay_window));
@@ -80,7 +87,12 @@ pub async fn drive(
             };
             match ev {
                 StreamEvent::Chunk(chunk) => {
+                    // Transactions commit in order: this one and all later are past `until`.
+                    if opts.until.is_some_and(|u| chunk.txn.commit_lsn >= u) {
+                        return Ok(());
+                    }
                     if let Some(report) = projector.push(&chunk).await? {
+                        last_flush = Instant::now();
                         on_flush(&report);
                         acker.ack(slot_ack(projector.ack_lsn(), opts.replay_window));
                     }
@@ -94,6 +106,7 @@ pub async fn drive(
                     wal_end = end;
                     if projector.has_unflushed() {
                         idle_at = None;
+                        last_flush = Instant::now();
                         let report = projector.flush().await?;
                         on_flush(&report);
                     }

@@ -246,8 +246,9 @@ impl Lane {
     /// transient errors with backoff. `ack` is what the slot may be acknowledged to once
     /// this succeeds.
     pub(crate) async fn flush(&mut self, to: Offset, ack: Lsn) -> Result<LaneFlush, SinkError> {
+        let to = to.max(self.covered);
         let idle = self.pending.is_none();
-        if idle && (to <= self.stored || self.last_commit.elapsed() < IDLE_OFFSET_EVERY) {
+        if idle && self.last_commit.elapsed() < IDLE_OFFSET_EVERY {
             // Nothing of ours in between: no write needed for correctness.
             if to > self.covered {
                 self.covered = to;

@@ -146,6 +146,16 @@ impl Env {
         replay_window: u64,
     ) -> Vec<FlushReport> {
         let until = self.marker();
+        self.run_until(projector, replay_window, until).await
+    }
+
+    /// Run until everything before `until` is durable in every target.
+    pub async fn run_until(
+        &self,
+        projector: &mut Projector,
+        replay_window: u64,
+        until: Lsn,
+    ) -> Vec<FlushReport> {
         let mut stream_cfg =
             StreamConfig::new(SourceDsn::parse(&self.dsn).unwrap(), "pgprism", "pgprism");
         stream_cfg.start_lsn = projector.resume_lsn();
