@@ -42,7 +42,7 @@ use tokio::sync::watch;
 
 pub use assemble::{Change, ChangeKind, TxnChunk, TxnEnd, TxnInfo};
 pub use backoff::Backoff;
-pub use error::{ErrorClass, StreamError, sqlstate_class};
+pub use error::{ErrorClass, StreamError, pg_error_text, sqlstate_class};
 pub use source::{
     SourceDsn, quote_ident, quote_literal, redact_dsn, validate_publication_name,
     validate_slot_name,
@@ -722,7 +722,7 @@ async fn advance_slot(cfg: &StreamConfig, lsn: Lsn, until: Instant) -> Result<()
     let target = cfg.dsn.target();
     let sql_err = |e: tokio_postgres::Error| StreamError::Server {
         sqlstate: e.code().map(|c| c.code().to_owned()),
-        message: e.to_string(),
+        message: pg_error_text(&e),
     };
     let (client, conn) = cfg
         .dsn
@@ -731,7 +731,7 @@ async fn advance_slot(cfg: &StreamConfig, lsn: Lsn, until: Instant) -> Result<()
         .await
         .map_err(|e| StreamError::Connect {
             target: target.clone(),
-            source: std::io::Error::other(e.to_string()),
+            source: std::io::Error::other(pg_error_text(&e)),
         })?;
     let conn = tokio::spawn(conn);
     let result = loop {
