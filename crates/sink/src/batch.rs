@@ -66,6 +66,9 @@ pub enum Op {
     Upsert(Vec<TupleValue>),
     /// Delete the row.
     Delete,
+    /// Recompute the key (a query projection's dead letter: the query failed for it).
+    /// Never in a batch handed to a writer.
+    Recompute,
 }
 
 impl Op {
@@ -182,6 +185,9 @@ pub fn entry_json(shape: &Shape, entry: &Entry) -> Json {
         Op::Delete => {
             obj.insert("op".into(), "delete".into());
         }
+        Op::Recompute => {
+            obj.insert("op".into(), "recompute".into());
+        }
         Op::Upsert(row) => {
             obj.insert("op".into(), "upsert".into());
             let mut values = Map::new();
@@ -212,6 +218,7 @@ pub fn entry_json(shape: &Shape, entry: &Entry) -> Json {
 pub fn op_from_json(shape: &Shape, change: &Json) -> Option<Op> {
     match change.get("op")?.as_str()? {
         "delete" => Some(Op::Delete),
+        "recompute" => Some(Op::Recompute),
         "upsert" => {
             let row = change.get("row")?.as_object()?;
             shape

@@ -6,7 +6,7 @@
 //! ([`Class::Fatal`]).
 
 use pgprism_decoder::pgoutput::DecodeError;
-use pgprism_decoder::stream::{ErrorClass, sqlstate_class};
+use pgprism_decoder::stream::{ErrorClass, pg_error_text, sqlstate_class};
 use pgprism_leader::LeaderError;
 use redis::RetryMethod;
 
@@ -40,12 +40,26 @@ pub enum SinkError {
     #[error(transparent)]
     Leader(#[from] LeaderError),
     /// A Postgres error.
-    #[error("{target}: {context}: {source}")]
+    #[error("{target}: {context}: {}", pg_error_text(source))]
     Postgres {
         /// The projection or target.
         target: String,
         /// What we were doing.
         context: &'static str,
+        /// The error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A Postgres server could not be reached.
+    #[error(
+        "{target}: cannot connect to Postgres at {server}: {}",
+        pg_error_text(source)
+    )]
+    Connect {
+        /// The projection or target.
+        target: String,
+        /// `host:port` (never the password).
+        server: String,
         /// The error.
         #[source]
         source: tokio_postgres::Error,
@@ -80,7 +94,9 @@ impl SinkError {
             SinkError::Leader(LeaderError::Db { source, .. }) => pg_class(source),
             SinkError::Leader(LeaderError::Redis { .. }) => Class::Transient,
             SinkError::Leader(_) => Class::Fatal,
-            SinkError::Postgres { source, .. } => pg_class(source),
+            SinkError::Postgres { source, .. } | SinkError::Connect { source, .. } => {
+                pg_class(source)
+            }
             SinkError::Redis { source, .. } => redis_class(source),
         }
     }

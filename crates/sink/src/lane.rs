@@ -11,7 +11,6 @@
 //! Rows the target rejects are isolated by bisecting the batch under savepoints, so one
 //! bad row costs a few extra statements, not a row-by-row batch.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -107,10 +106,15 @@ impl std::fmt::Debug for Lane {
 
 /// Connect a plain SQL session with the text formats pgprism reads and writes.
 pub(crate) async fn connect(config: &Config, what: &str) -> Result<Client, SinkError> {
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(SinkError::pg(what, "connecting"))?;
+    let (client, connection) =
+        config
+            .connect(NoTls)
+            .await
+            .map_err(|source| SinkError::Connect {
+                target: what.to_owned(),
+                server: server_of(config),
+                source,
+            })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "sink connection ended");
@@ -124,6 +128,17 @@ pub(crate) async fn connect(config: &Config, what: &str) -> Result<Client, SinkE
         .await
         .map_err(SinkError::pg(what, "setting session formats"))?;
     Ok(client)
+}
+
+/// `host:port` of a session config, for messages.
+fn server_of(config: &Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
 }
 
 impl Lane {
@@ -302,6 +317,11 @@ impl Lane {
         if self.source.as_ref().is_some_and(Client::is_closed) {
             self.source = None;
         }
+        if let Writer::Redis(w) = &mut self.writer
+            && let Err(e) = w.reconnect().await
+        {
+            tracing::warn!(target_name = %self.name, error = %e, "reconnecting to Redis failed");
+        }
     }
 
     async fn source(&mut self) -> Result<&Client, SinkError> {
@@ -311,18 +331,13 @@ impl Lane {
         Ok(self.source.as_ref().expect("connected above"))
     }
 
-    /// The batch to write: the pending rows, or the pending keys recomputed now.
-    async fn materialize(&mut self) -> Result<Option<Cow<'_, Batch>>, SinkError> {
+    /// The batch to write: the pending rows, or the pending keys recomputed now (with
+    /// the keys the projection query failed for, for the dead letters).
+    async fn materialize(&mut self) -> Result<Option<(Batch, Vec<Failure>)>, SinkError> {
         let keys = match &self.pending {
             None => return Ok(None),
-            Some(Pending::Rows(_)) => None,
-            Some(Pending::Keys(k)) => Some(k.clone()),
-        };
-        let Some(keys) = keys else {
-            return Ok(match &self.pending {
-                Some(Pending::Rows(b)) => Some(Cow::Borrowed(b)),
-                _ => None,
-            });
+            Some(Pending::Rows(b)) => return Ok(Some((b.clone(), Vec::new()))),
+            Some(Pending::Keys(k)) => k.clone(),
         };
         let existing = if keys.everything {
             self.existing_keys().await?
@@ -333,9 +348,9 @@ impl Lane {
         let (Logic::Query(q), Some(source)) = (&mut self.logic, &self.source) else {
             return Ok(None);
         };
-        let batch = q.resolve(source, keys, existing).await?;
+        let (batch, failed) = q.resolve(source, keys, existing).await?;
         self.shape = Some(batch.shape.clone());
-        Ok(Some(Cow::Owned(batch)))
+        Ok(Some((batch, failed)))
     }
 
     /// The keys present in the target now (a source table of a query projection was
@@ -372,7 +387,10 @@ impl Lane {
     }
 
     async fn try_flush(&mut self, to: Offset) -> Result<(u64, u64), SinkError> {
-        let batch = self.materialize().await?.map(Cow::into_owned);
+        let (batch, recompute_failed) = match self.materialize().await? {
+            Some((b, f)) => (Some(b), f),
+            None => (None, Vec::new()),
+        };
         let shape = batch
             .as_ref()
             .map(|b| b.shape.clone())
@@ -407,6 +425,10 @@ impl Lane {
                     let (w, d) = write_pg(&tx, &self.dead, table, batch).await?;
                     written += w;
                     dead += d;
+                    self.dead
+                        .add(&tx, &batch.shape, &failure_letters(&recompute_failed))
+                        .await?;
+                    dead += recompute_failed.len() as u64;
                 }
                 fence.commit_offset(&tx, to).await?;
                 tx.commit()
@@ -425,8 +447,7 @@ impl Lane {
                 let (mut written, mut dead) = (0, 0);
                 if let Some(shape) = &shape {
                     written +=
-                        requests_redis(source, &self.dead, &mut self.logic, w, shape, &self.name)
-                            .await?;
+                        requests_redis(source, &self.dead, &mut self.logic, w, shape).await?;
                 }
                 if let Some(batch) = &batch {
                     let keys: Vec<&Key> = batch.entries.keys().collect();
@@ -459,6 +480,10 @@ impl Lane {
                         .collect();
                     self.dead.add(source, &batch.shape, &letters).await?;
                     dead += letters.len() as u64;
+                    self.dead
+                        .add(source, &batch.shape, &failure_letters(&recompute_failed))
+                        .await?;
+                    dead += recompute_failed.len() as u64;
                 }
                 w.commit(to).await?;
                 Ok((written, dead))
@@ -505,6 +530,30 @@ fn relation_of(kind: &ChangeKind) -> Option<&Arc<pgprism_decoder::pgoutput::Rela
 }
 
 /// The entries to write and those held behind a dead letter of their key.
+/// A key the projection query failed for.
+type Failure = (Key, Entry, SinkError);
+
+fn failure_letters(failed: &[Failure]) -> Vec<Letter<'_>> {
+    failed
+        .iter()
+        .map(|(k, e, err)| Letter {
+            key: k,
+            entry: e,
+            status: Status::Failed,
+            code: err.code(),
+            error: err.detail(),
+        })
+        .collect()
+}
+
+/// What a retry of one key's dead letters comes to.
+enum Retry {
+    /// Apply this batch.
+    Apply(Batch),
+    /// It cannot be applied: (code, error).
+    Failed(Option<String>, String),
+}
+
 /// Entries of a batch, by reference.
 type Entries<'a> = Vec<(&'a Key, &'a Entry)>;
 
@@ -624,13 +673,11 @@ fn by_key(rows: Vec<Stored>) -> BTreeMap<String, Vec<Stored>> {
 /// recompute of the key (query).
 async fn retry_batch(
     logic: &mut Logic,
-    source: &mut Option<Client>,
-    source_config: &Config,
+    source: Option<&Client>,
     shape: &Arc<Shape>,
     key: &Key,
     letters: &[Stored],
-    name: &str,
-) -> Result<Option<Batch>, SinkError> {
+) -> Result<Retry, SinkError> {
     let last = letters.last().map(|l| Position {
         commit_lsn: l.commit_lsn.parse().unwrap_or_default(),
         seq: l.seq as u64,
@@ -640,7 +687,10 @@ async fn retry_batch(
             let mut batch = Batch::new(shape.clone());
             for l in letters {
                 let Some(op) = op_from_json(shape, &l.change) else {
-                    return Ok(None);
+                    return Ok(Retry::Failed(
+                        None,
+                        "the change no longer fits the target's columns".to_owned(),
+                    ));
                 };
                 let entry = Entry {
                     op,
@@ -660,15 +710,18 @@ async fn retry_batch(
                 };
                 batch.push(key.clone(), entry);
             }
-            Ok(Some(batch))
+            Ok(Retry::Apply(batch))
         }
         Logic::Query(q) => {
-            if source.as_ref().is_none_or(Client::is_closed) {
-                *source = Some(connect(source_config, name).await?);
-            }
-            let client = source.as_ref().expect("connected above");
+            let Some(client) = source else {
+                return Err(SinkError::config(q.name(), "no source session for a retry"));
+            };
             let keys = KeySet::single(key.clone(), last.unwrap_or_default());
-            Ok(Some(q.resolve(client, keys, Vec::new()).await?))
+            let (batch, failed) = q.resolve(client, keys, Vec::new()).await?;
+            Ok(match failed.into_iter().next() {
+                None => Retry::Apply(batch),
+                Some((_, _, e)) => Retry::Failed(e.code(), e.detail()),
+            })
         }
     }
 }
@@ -700,17 +753,16 @@ async fn requests_pg(
                 .await?;
             continue;
         };
-        let Some(batch) =
-            retry_batch(logic, source, source_config, shape, &key, &letters, name).await?
-        else {
-            dead.retry_failed(
-                tx,
-                &key_text,
-                None,
-                "the change no longer fits the target's columns",
-            )
-            .await?;
-            continue;
+        if matches!(logic, Logic::Query(_)) && source.as_ref().is_none_or(Client::is_closed) {
+            *source = Some(connect(source_config, name).await?);
+        }
+        let batch = match retry_batch(logic, source.as_ref(), shape, &key, &letters).await? {
+            Retry::Apply(b) => b,
+            Retry::Failed(code, error) => {
+                dead.retry_failed(tx, &key_text, code.as_deref(), &error)
+                    .await?;
+                continue;
+            }
         };
         let entries: Vec<(&Key, &Entry)> = batch.entries.iter().collect();
         let (applied, failed) = isolate(tx, table, &batch.shape, &entries).await?;
@@ -735,7 +787,6 @@ async fn requests_redis(
     logic: &mut Logic,
     w: &mut RedisWriter,
     shape: &Arc<Shape>,
-    name: &str,
 ) -> Result<u64, SinkError> {
     let mut written = 0;
     for (key_text, letters) in by_key(dead.requested(source).await?) {
@@ -752,45 +803,13 @@ async fn requests_redis(
                 .await?;
             continue;
         };
-        let batch = match logic {
-            Logic::Query(q) => {
-                let keys = KeySet::single(key.clone(), Position::default());
-                let mut b = q.resolve(source, keys, Vec::new()).await?;
-                // The recompute is current: guard it with the newest letter's position.
-                if let Some(l) = letters.last() {
-                    let pos = Position {
-                        commit_lsn: l.commit_lsn.parse().unwrap_or_default(),
-                        seq: l.seq as u64,
-                    };
-                    for e in b.entries.values_mut() {
-                        e.pos = pos;
-                    }
-                }
-                Some(b)
+        let batch = match retry_batch(logic, Some(source), shape, &key, &letters).await? {
+            Retry::Apply(b) => b,
+            Retry::Failed(code, error) => {
+                dead.retry_failed(source, &key_text, code.as_deref(), &error)
+                    .await?;
+                continue;
             }
-            Logic::Mirror(_) => {
-                let mut none = None;
-                retry_batch(
-                    logic,
-                    &mut none,
-                    &Config::new(),
-                    shape,
-                    &key,
-                    &letters,
-                    name,
-                )
-                .await?
-            }
-        };
-        let Some(batch) = batch else {
-            dead.retry_failed(
-                source,
-                &key_text,
-                None,
-                "the change no longer fits the target's columns",
-            )
-            .await?;
-            continue;
         };
         let entries: Vec<(&Key, &Entry)> = batch.entries.iter().collect();
         let out = w.write(&batch, &entries).await?;

@@ -176,9 +176,13 @@ impl PgTable {
         keys: &[&Key],
     ) -> Result<u64, SinkError> {
         let n = shape.key.len();
-        let arrays: Vec<Vec<Option<&str>>> = (0..n)
-            .map(|j| keys.iter().map(|k| text(&k[j])).collect())
-            .collect::<Vec<_>>();
+        let arrays = (0..n)
+            .map(|j| {
+                keys.iter()
+                    .map(|k| text(&self.target, &k[j]).map(Some))
+                    .collect()
+            })
+            .collect::<Result<Vec<Vec<Option<&str>>>, SinkError>>()?;
         let cond = shape
             .key
             .iter()
@@ -205,9 +209,9 @@ impl PgTable {
         rows: &[&[TupleValue]],
     ) -> Result<u64, SinkError> {
         let n = shape.columns.len();
-        let arrays: Vec<Vec<Option<&str>>> = (0..n)
-            .map(|j| rows.iter().map(|r| cell(&r[j])).collect())
-            .collect();
+        let arrays = (0..n)
+            .map(|j| rows.iter().map(|r| cell(&self.target, &r[j])).collect())
+            .collect::<Result<Vec<Vec<Option<&str>>>, SinkError>>()?;
         let cols = shape
             .columns
             .iter()
@@ -256,10 +260,10 @@ impl PgTable {
         rows: &[&[TupleValue]],
     ) -> Result<u64, SinkError> {
         let present: Vec<usize> = (0..mask.len()).filter(|&j| mask[j]).collect();
-        let arrays: Vec<Vec<Option<&str>>> = present
+        let arrays = present
             .iter()
-            .map(|&j| rows.iter().map(|r| cell(&r[j])).collect())
-            .collect();
+            .map(|&j| rows.iter().map(|r| cell(&self.target, &r[j])).collect())
+            .collect::<Result<Vec<Vec<Option<&str>>>, SinkError>>()?;
         let alias = |j: usize| {
             present
                 .iter()
@@ -323,16 +327,19 @@ impl PgTable {
     }
 }
 
-fn text(b: &[u8]) -> Option<&str> {
-    // The server sends text in the database encoding; pgprism requires UTF8 (a non-UTF8
-    // value is caught by the cast as NULL in a NOT NULL key, never silently written).
-    std::str::from_utf8(b).ok()
+fn text<'a>(target: &str, b: &'a [u8]) -> Result<&'a str, SinkError> {
+    std::str::from_utf8(b).map_err(|_| {
+        SinkError::config(
+            target,
+            "a value is not valid UTF-8: pgprism needs a source database with UTF8 encoding",
+        )
+    })
 }
 
-fn cell(v: &TupleValue) -> Option<&str> {
+fn cell<'a>(target: &str, v: &'a TupleValue) -> Result<Option<&'a str>, SinkError> {
     match v {
-        TupleValue::Text(b) | TupleValue::Binary(b) => text(b),
-        TupleValue::Null | TupleValue::UnchangedToast => None,
+        TupleValue::Text(b) | TupleValue::Binary(b) => text(target, b).map(Some),
+        TupleValue::Null | TupleValue::UnchangedToast => Ok(None),
     }
 }
 

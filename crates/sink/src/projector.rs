@@ -198,7 +198,13 @@ impl Projector {
     pub async fn start(cfg: &ProjectorConfig) -> Result<Projector, SinkError> {
         validate(&cfg.sinks, &cfg.projections, &cfg.batch)
             .map_err(|e| SinkError::config("config", e.to_string()))?;
-        let source_config = cfg.source.sql_config();
+        let timeouts = format!(
+            "-c lock_timeout={} -c statement_timeout={}",
+            cfg.batch.lock_timeout.as_millis(),
+            cfg.batch.statement_timeout.as_millis()
+        );
+        let mut source_config = cfg.source.sql_config();
+        source_config.options(&timeouts);
         let source = connect(&source_config, "source").await?;
         let mut dead_letters_on_source = false;
         let mut lanes = Vec::new();
@@ -215,6 +221,7 @@ impl Projector {
                 let (logic, shape) = match &p {
                     Resolved::Mirror(m) => {
                         let (schema, table) = table_of(name, &m.source)?;
+                        let rel = catalog_relation(&source, name, &schema, &table).await?;
                         let key = match &m.key {
                             Some(k) => k.clone(),
                             None => {
@@ -230,7 +237,6 @@ impl Projector {
                                 pk
                             }
                         };
-                        let rel = catalog_relation(&source, name, &schema, &table).await?;
                         let mut mirror = Mirror::new(m, schema, table, key);
                         let shape = mirror.shape(&Arc::new(rel))?;
                         (Logic::Mirror(mirror), Some(shape))
@@ -270,7 +276,11 @@ impl Projector {
                             };
                             mappings.push((schema, table, mapping));
                         }
-                        let mut query = QueryProjection::new(q, mappings);
+                        let mut query = QueryProjection::new(q, mappings.clone());
+                        for (schema, table, _) in &mappings {
+                            let rel = catalog_relation(&source, name, schema, table).await?;
+                            query.check_relation(&Arc::new(rel))?;
+                        }
                         let shape = query.prepare(&source).await?;
                         (Logic::Query(query), Some(shape))
                     }
@@ -281,7 +291,10 @@ impl Projector {
                         let dsn = SourceDsn::parse(dsn).map_err(|e| {
                             SinkError::config(&target, format!("sinks.{}.dsn: {e}", t.sink))
                         })?;
-                        let config = dsn.sql_config();
+                        let mut config = dsn.sql_config();
+                        config
+                            .options(&timeouts)
+                            .application_name(format!("pgprism sink {target}"));
                         let client = connect(&config, &target).await?;
                         dead_letter::ensure(&client).await?;
                         let (schema, table) = table_of(&target, t.table.as_deref().unwrap_or(""))?;
@@ -319,13 +332,15 @@ impl Projector {
                     _ => unreachable!("validated"),
                 };
                 tracing::info!(target_name = %target, offset = %stored.resume_lsn, changes_done = stored.changes_done, epoch = %cfg.epoch, "target ready");
+                let mut lane_source = source_config.clone();
+                lane_source.application_name(format!("pgprism query {target}"));
                 lanes.push(Lane::new(
                     target,
                     name.clone(),
                     &cfg.pipeline,
                     logic,
                     writer,
-                    source_config.clone(),
+                    lane_source,
                     shape,
                     stored,
                 ));

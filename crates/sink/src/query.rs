@@ -29,7 +29,7 @@ use tokio_postgres::types::{Format, IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, Row};
 
 use crate::batch::{Batch, Entry, Key, Op, Origin, Position, Shape, ShapeColumn};
-use crate::error::SinkError;
+use crate::error::{Class, SinkError};
 use crate::spec::QuerySpec;
 
 /// How one source table's changes become keys.
@@ -139,6 +139,16 @@ impl QueryProjection {
         self.sources
             .iter()
             .position(|s| rel.schema() == s.schema && rel.name == s.table)
+    }
+
+    /// Check that `rel` (a source table of this projection, as the catalog describes it)
+    /// has the mapped columns in its replica identity.
+    pub fn check_relation(&mut self, rel: &Arc<Relation>) -> Result<(), SinkError> {
+        let Some(i) = self.source_index(rel) else {
+            return Ok(());
+        };
+        let name = self.name.clone();
+        self.sources[i].columns_in(rel, &name).map(|_| ())
     }
 
     /// Prepare the query on the source: learn the row shape. Errors name the projection.
@@ -260,15 +270,62 @@ impl QueryProjection {
         Ok(())
     }
 
+    /// Run the projection query for `keys`; when it fails for some keys (a value error
+    /// raised by the query), bisect until those keys are alone and return them apart.
+    async fn recompute(
+        &self,
+        source: &Client,
+        wrapped: &str,
+        keys: Vec<Key>,
+    ) -> Result<(Vec<Row>, Vec<(Key, SinkError)>), SinkError> {
+        let mut rows = Vec::new();
+        let mut failed = Vec::new();
+        let mut work = vec![keys];
+        while let Some(keys) = work.pop() {
+            if keys.is_empty() {
+                continue;
+            }
+            let params: Vec<TextArray> = (0..self.key.len())
+                .map(|j| {
+                    let col: Vec<Bytes> = keys.iter().map(|k| k[j].clone()).collect();
+                    TextArray::new(&col)
+                })
+                .collect();
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            match source
+                .query(wrapped, &refs)
+                .await
+                .map_err(SinkError::pg(&self.name, "running the projection query"))
+            {
+                Ok(r) => rows.extend(r),
+                Err(e) if e.class() == Class::Row => {
+                    if keys.len() == 1 {
+                        let key = keys.into_iter().next().expect("one key");
+                        failed.push((key, e));
+                    } else {
+                        let mut a = keys;
+                        let b = a.split_off(a.len() / 2);
+                        work.push(b);
+                        work.push(a);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((rows, failed))
+    }
+
     /// Recompute the rows of `keys` (plus `existing`, the target's keys, when a source
     /// table was truncated) on the source: upserts for rows the query returns, deletes
-    /// for keys it no longer returns.
+    /// for keys it no longer returns. Keys the query fails for (a value error in the
+    /// query for that key) come back apart, for the dead letters.
     pub async fn resolve(
         &mut self,
         source: &Client,
         keys: KeySet,
         existing: Vec<Key>,
-    ) -> Result<Batch, SinkError> {
+    ) -> Result<(Batch, Vec<(Key, Entry, SinkError)>), SinkError> {
         let shape = self.prepare(source).await?;
         let wrapped = self
             .prepared
@@ -313,20 +370,22 @@ impl QueryProjection {
         }
         let mut batch = Batch::new(shape.clone());
         if wanted.is_empty() {
-            return Ok(batch);
+            return Ok((batch, Vec::new()));
         }
-        let params: Vec<TextArray> = (0..self.key.len())
-            .map(|j| {
-                let col: Vec<Bytes> = wanted.keys().map(|k| k[j].clone()).collect();
-                TextArray::new(&col)
+        let asked: Vec<Key> = wanted.keys().cloned().collect();
+        let (rows, failed) = self.recompute(source, &wrapped, asked).await?;
+        let failed: Vec<(Key, Entry, SinkError)> = failed
+            .into_iter()
+            .filter_map(|(key, e)| {
+                let origin = wanted.shift_remove(&key)?;
+                let entry = Entry {
+                    op: Op::Recompute,
+                    pos,
+                    origin,
+                };
+                Some((key, entry, e))
             })
             .collect();
-        let refs: Vec<&(dyn ToSql + Sync)> =
-            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        let rows = source
-            .query(&wrapped, &refs)
-            .await
-            .map_err(SinkError::pg(&self.name, "running the projection query"))?;
         for row in rows {
             let values: Vec<TupleValue> = (0..row.len())
                 .map(|j| match row.get::<_, Option<String>>(j) {
@@ -366,7 +425,7 @@ impl QueryProjection {
                 },
             );
         }
-        Ok(batch)
+        Ok((batch, failed))
     }
 }
 

@@ -94,6 +94,7 @@ enum Segment {
 /// A Redis target: key template, format, TTLs, and its fence.
 pub struct RedisWriter {
     target: String,
+    client: redis::Client,
     conn: MultiplexedConnection,
     fence: RedisFence,
     template: String,
@@ -144,6 +145,7 @@ impl RedisWriter {
         let (fence, offset) = RedisFence::stamp(&mut conn, pipeline, target, epoch).await?;
         let writer = RedisWriter {
             target: target.to_owned(),
+            client,
             conn,
             fence,
             template: spec.key.clone().unwrap_or_default(),
@@ -303,6 +305,9 @@ impl RedisWriter {
         let mut keys: Vec<String> = Vec::with_capacity(slice.len() * 2);
         let mut args: Vec<Vec<u8>> = Vec::with_capacity(slice.len() * 8);
         for (key, entry) in slice {
+            if entry.op == Op::Recompute {
+                continue;
+            }
             let k = Self::render(segments, key);
             let g = guard_key(&k);
             let ttl_ms = self.ttl_ms();
@@ -312,7 +317,7 @@ impl RedisWriter {
                     args.push(b"X".to_vec());
                     Vec::new()
                 }
-                (Op::Delete, _) => {
+                (Op::Delete | Op::Recompute, _) => {
                     args.push(b"D".to_vec());
                     Vec::new()
                 }
@@ -496,6 +501,16 @@ impl RedisWriter {
             cursor = next;
         }
         Ok(keys)
+    }
+
+    /// Open a new connection (after a transient error: the old one may be dead).
+    pub async fn reconnect(&mut self) -> Result<(), SinkError> {
+        self.conn = self
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(SinkError::redis(&self.target, "reconnecting to Redis"))?;
+        Ok(())
     }
 
     /// Move the offset forward after the batch it covers was written.

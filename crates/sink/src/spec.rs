@@ -22,6 +22,10 @@ pub const DEFAULT_MAX_AGE: Duration = Duration::from_millis(200);
 pub const DEFAULT_TARGET_LAG: Duration = Duration::from_secs(1);
 /// Default flush time above which the batch size shrinks.
 pub const DEFAULT_SLOW_FLUSH: Duration = Duration::from_secs(2);
+/// Default longest wait for a lock in a sink transaction (then retry with a smaller batch).
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default longest a sink statement or projection query may run.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default lifetime of a Redis delete tombstone (must exceed the replay window).
 pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Most keys written by one Redis script call.
@@ -342,6 +346,13 @@ pub struct BatchSpec {
     /// A flush slower than this shrinks the batch.
     #[serde(with = "humantime_serde")]
     pub slow_flush: Duration,
+    /// Longest wait for a lock in a sink transaction; then the batch is retried smaller.
+    #[serde(with = "humantime_serde")]
+    pub lock_timeout: Duration,
+    /// Longest a sink statement or projection query may run; then the batch is retried
+    /// smaller.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
 }
 
 impl Default for BatchSpec {
@@ -353,6 +364,8 @@ impl Default for BatchSpec {
             max_age: DEFAULT_MAX_AGE,
             target_lag: DEFAULT_TARGET_LAG,
             slow_flush: DEFAULT_SLOW_FLUSH,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
         }
     }
 }
@@ -517,6 +530,14 @@ pub fn validate(
             "batch.start_rows",
             "must lie between batch.min_rows and batch.max_rows",
         ));
+    }
+    for (key, d) in [
+        ("batch.lock_timeout", batch.lock_timeout),
+        ("batch.statement_timeout", batch.statement_timeout),
+    ] {
+        if d < Duration::from_millis(1) {
+            return Err(err(key, "must be at least 1ms"));
+        }
     }
     if batch.max_age.is_zero() {
         return Err(err("batch.max_age", "must be more than 0s"));

@@ -69,8 +69,11 @@ pub struct Env {
 
 impl Env {
     pub fn new(schema: &str) -> Env {
+        Env::with_redis(schema, RedisServer::start().expect("start redis"))
+    }
+
+    pub fn with_redis(schema: &str, redis: RedisServer) -> Env {
         let pg = PgServer::start().expect("start postgres");
-        let redis = RedisServer::start().expect("start redis");
         let (db, dsn) = pg.fresh_database().expect("database");
         let env = Env { pg, redis, db, dsn };
         env.sql(schema);
