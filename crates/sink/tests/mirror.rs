@@ -341,3 +341,114 @@ async fn a_replay_never_moves_a_redis_key_back_in_time() {
         "products_copy",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_ttls_tombstones_invalidation_and_column_subsets() {
+    let env = Env::new(
+        "CREATE TABLE products (id int PRIMARY KEY, name text NOT NULL, price_cents int NOT NULL, secret text);
+         CREATE TABLE products_public (id int PRIMARY KEY, title text);",
+    );
+    let cfg = env.config(
+        vec![projection(
+            r#"
+name = "products"
+kind = "mirror"
+source = "public.products"
+columns = ["id", "name"]
+rename = { name = "title" }
+[[targets]]
+sink = "pg"
+table = "public.products_public"
+[[targets]]
+sink = "cache"
+name = "ttl"
+key = "p:{id}"
+ttl = "100s"
+ttl_jitter = "50s"
+tombstone_ttl = "1h"
+[[targets]]
+sink = "cache"
+name = "cache-aside"
+key = "aside:{id}"
+format = "invalidate"
+"#,
+        )],
+        1,
+    );
+    let mut conn = env.redis().await;
+    // The application caches product 2 itself; any change of it must drop the entry.
+    let _: () = redis::cmd("SET")
+        .arg("aside:2")
+        .arg("cached by the app")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("aside:99")
+        .arg("untouched")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    env.sql(
+        "INSERT INTO products SELECT g, 'p' || g, g, 'hidden' FROM generate_series(1, 20) g;
+         DELETE FROM products WHERE id = 3;",
+    );
+    env.run(&cfg, 0).await;
+    assert_same(
+        &env.rows("SELECT id::text, title FROM products_public")
+            .await,
+        &env.rows("SELECT id::text, name FROM products").await,
+        "only the chosen columns, renamed",
+    );
+    let h = hash(&env, "p:1").await;
+    assert_eq!(h.len(), 2, "only id and title: {h:?}");
+    assert_eq!(h.get("title").map(String::as_str), Some("p1"));
+    let mut ttls = Vec::new();
+    for id in [1, 2, 4, 5, 6, 7, 8, 9, 10, 11] {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(format!("p:{id}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let guard: i64 = redis::cmd("PTTL")
+            .arg(format!("pgprism:pos:p:{id}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            (90_000..=150_000).contains(&ttl),
+            "ttl {ttl} within ttl + jitter"
+        );
+        assert!(
+            (ttl - guard).abs() < 5_000,
+            "the guard expires with its key: {ttl} vs {guard}"
+        );
+        ttls.push(ttl / 1000);
+    }
+    ttls.sort();
+    ttls.dedup();
+    assert!(ttls.len() > 3, "jitter spreads expiries: {ttls:?}");
+    let tomb: i64 = redis::cmd("PTTL")
+        .arg("pgprism:pos:p:3")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        (3_500_000..=3_600_000).contains(&tomb),
+        "delete tombstone lives tombstone_ttl: {tomb}"
+    );
+    assert!(keys(&env, "p:3").await.is_empty());
+    assert!(
+        keys(&env, "aside:2").await.is_empty(),
+        "a changed key is invalidated"
+    );
+    assert_eq!(
+        keys(&env, "aside:99").await,
+        ["aside:99"],
+        "other keys stay"
+    );
+    assert!(
+        keys(&env, "aside:1").await.is_empty(),
+        "invalidation writes nothing"
+    );
+}

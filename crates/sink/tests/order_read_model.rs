@@ -132,3 +132,110 @@ async fn order_read_model_equals_the_ground_truth_in_postgres_and_redis() {
     );
     assert_same(&redis_rows(&env).await, &truth, "Redis after redelivery");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_query_fails_for_is_dead_lettered_held_and_retried() {
+    use pgprism_sink::dead_letter::{self, Action, Selection};
+    let env = Env::new(&format!(
+        "{SCHEMA}
+         CREATE TABLE order_ratio (id uuid PRIMARY KEY, per_item int);"
+    ));
+    // The query divides by the item count: it fails for an order without items.
+    let cfg = env.config(
+        vec![projection(
+            r#"
+name = "ratio"
+kind = "query"
+key = ["id"]
+query = """SELECT o.id, (o.total_cents / (SELECT count(*) FROM order_items i WHERE i.order_id = o.id))::int AS per_item
+             FROM orders o WHERE o.id = ANY($1)"""
+[keys]
+"public.orders" = { column = "id" }
+"public.order_items" = { column = "order_id" }
+[[targets]]
+sink = "pg"
+table = "public.order_ratio"
+[[targets]]
+sink = "cache"
+key = "ratio:{id}"
+"#,
+        )],
+        1,
+    );
+    env.sql(
+        "INSERT INTO customers VALUES ('00000000-0000-0000-0000-00000000000c', 'c', 'c@x');
+         INSERT INTO products VALUES ('00000000-0000-0000-0000-00000000000f', 'p', 1);
+         INSERT INTO orders (id, customer_id, total_cents)
+              SELECT ('00000000-0000-0000-0000-' || lpad(g::text, 12, '0'))::uuid,
+                     '00000000-0000-0000-0000-00000000000c', 100 * g
+                FROM generate_series(1, 8) g;
+         INSERT INTO order_items (order_id, product_id, quantity, unit_cents)
+              SELECT id, '00000000-0000-0000-0000-00000000000f', 1, 1 FROM orders
+               WHERE id <> '00000000-0000-0000-0000-000000000005';",
+    );
+    let (mut projector, _) = env.run(&cfg, 0).await;
+    let client = env.client().await;
+    let letters = dead_letter::list(&client, "test", &Selection::default())
+        .await
+        .unwrap();
+    let keys: Vec<(&str, &str, &str)> = letters
+        .iter()
+        .map(|l| (l.target.as_str(), l.key.as_str(), l.status.as_str()))
+        .collect();
+    let five = r#"["00000000-0000-0000-0000-000000000005"]"#;
+    assert_eq!(
+        keys,
+        [
+            ("ratio.pg", five, "failed"),
+            ("ratio.cache", five, "failed")
+        ],
+        "{letters:#?}"
+    );
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.sqlstate.as_deref() == Some("22012"))
+    );
+    assert_eq!(
+        env.rows("SELECT count(*) FROM order_ratio").await,
+        [["7".to_owned()]]
+    );
+
+    // A later change of the key waits behind its dead letter; after `dlq retry` the key
+    // is recomputed from the current state.
+    env.sql(
+        "INSERT INTO order_items (order_id, product_id, quantity, unit_cents)
+         VALUES ('00000000-0000-0000-0000-000000000005', '00000000-0000-0000-0000-00000000000f', 1, 1)",
+    );
+    env.run_with(&mut projector, 0).await;
+    assert_eq!(
+        env.rows("SELECT count(*) FROM order_ratio").await,
+        [["7".to_owned()]]
+    );
+    dead_letter::request(&client, "test", &Selection::default(), Action::Retry)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !dead_letter::list(&client, "test", &Selection::default())
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(std::time::Instant::now() < deadline, "the retry happened");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        env.run_with(&mut projector, 0).await;
+    }
+    assert_eq!(
+        env.rows("SELECT per_item::text FROM order_ratio WHERE id = '00000000-0000-0000-0000-000000000005'")
+            .await,
+        [["500".to_owned()]]
+    );
+    let mut conn = env.redis().await;
+    let per_item: Option<String> = redis::cmd("HGET")
+        .arg("ratio:00000000-0000-0000-0000-000000000005")
+        .arg("per_item")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(per_item.as_deref(), Some("500"));
+}
