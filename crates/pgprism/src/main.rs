@@ -1,6 +1,7 @@
 //! `pgprism`: change-data-capture sidecar for Postgres. This binary wires the crates
 //! together; the commands live in their own modules.
 
+mod dlq;
 mod jsonl;
 mod tail;
 
@@ -32,6 +33,8 @@ struct Cli {
 enum Command {
     /// Decode a replication slot and print one JSON object per change (JSONL).
     Tail(tail::TailArgs),
+    /// List dead letters (changes a target rejected), retry or discard them.
+    Dlq(dlq::DlqArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Tail(args) => tail::run(args).await,
+            Command::Dlq(args) => dlq::run(args).await,
         }
     });
     match result {
