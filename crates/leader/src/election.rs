@@ -293,6 +293,25 @@ impl Election {
     }
 }
 
+/// Take a new epoch for `pipeline` without leading: what `pgprism replay` does before it
+/// rewinds offsets. The running leader (if any) sees its epoch superseded at its next
+/// heartbeat and steps down; its sink commits are fenced from the moment the new epoch is
+/// stamped on a sink. The next leader takes a still newer epoch and resumes from the
+/// rewound offsets.
+pub async fn supersede(client: &Client, pipeline: &str) -> Result<Epoch, LeaderError> {
+    schema::ensure_source(client).await?;
+    let row = client
+        .query_one(
+            "INSERT INTO pgprism.pipelines AS p (name, epoch) VALUES ($1, 1)
+             ON CONFLICT (name) DO UPDATE SET epoch = p.epoch + 1
+             RETURNING epoch",
+            &[&pipeline],
+        )
+        .await
+        .map_err(LeaderError::db("taking a new epoch"))?;
+    Ok(Epoch(row.get(0)))
+}
+
 /// A plain session to the source and the task driving its connection.
 struct Session {
     client: Client,

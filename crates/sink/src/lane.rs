@@ -73,6 +73,7 @@ pub struct LaneFlush {
 pub struct Lane {
     pub(crate) name: String,
     pub(crate) projection: String,
+    pub(crate) sink: String,
     logic: Logic,
     writer: Writer,
     source_config: Config,
@@ -146,6 +147,7 @@ impl Lane {
     pub(crate) fn new(
         name: String,
         projection: String,
+        sink: String,
         pipeline: &str,
         logic: Logic,
         writer: Writer,
@@ -157,6 +159,7 @@ impl Lane {
             dead: DeadLetters::new(pipeline, &name),
             name,
             projection,
+            sink,
             logic,
             writer,
             source_config,
@@ -491,8 +494,10 @@ impl Lane {
         }
     }
 
-    /// Rewind this lane's offset to `to` (a replay); the caller restarts the stream.
+    /// Rewind this lane's offset to `to` (a replay; never forward: a lane behind `to`
+    /// keeps its offset); the caller restarts the stream.
     pub(crate) async fn rewind(&mut self, to: Offset) -> Result<(), SinkError> {
+        let to = to.min(self.stored);
         match &mut self.writer {
             Writer::Postgres(w) => {
                 let tx = w

@@ -10,7 +10,8 @@
 //!
 //! Modules: [`spec`] (configuration), [`batch`] (coalesced operations), [`mirror`] and
 //! [`query`] (change → operations), [`postgres`] and [`redis`] (writers), [`dead_letter`],
-//! [`adaptive`] (batch sizing), [`projector`] (routing, flushing, offsets), [`drive`]
+//! [`adaptive`] (batch sizing), [`projector`] (routing, flushing, offsets), [`replay`]
+//! (rewinding targets under a new epoch), [`drive`]
 //! (the loop from a replication stream).
 
 pub mod adaptive;
@@ -24,6 +25,7 @@ pub mod postgres;
 pub mod projector;
 pub mod query;
 pub mod redis;
+pub mod replay;
 pub mod spec;
 
 pub use error::{Class, SinkError, pg_class, redis_class, sqlstate};

@@ -58,6 +58,8 @@ pub struct TargetStatus {
     pub name: String,
     /// Its projection.
     pub projection: String,
+    /// Its sink.
+    pub sink: String,
     /// Its durable offset.
     pub offset: Offset,
     /// Changes waiting for the next flush.
@@ -337,6 +339,7 @@ impl Projector {
                 lanes.push(Lane::new(
                     target,
                     name.clone(),
+                    t.sink.clone(),
                     &cfg.pipeline,
                     logic,
                     writer,
@@ -494,6 +497,7 @@ impl Projector {
             .map(|l| TargetStatus {
                 name: l.name.clone(),
                 projection: l.projection.clone(),
+                sink: l.sink.clone(),
                 offset: l.stored,
                 pending: l.pending_changes(),
             })

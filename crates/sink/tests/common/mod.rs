@@ -9,7 +9,7 @@ use std::time::Duration;
 use pgprism_decoder::Lsn;
 use pgprism_decoder::stream::{ReplicationStream, SourceDsn, StreamConfig};
 use pgprism_leader::Epoch;
-use pgprism_sink::drive::{DriveOptions, drive};
+use pgprism_sink::drive::{DriveError, DriveOptions, drive};
 use pgprism_sink::spec::{BatchSpec, ProjectionSpec, SinkSpec};
 use pgprism_sink::{FlushReport, Projector, ProjectorConfig};
 use pgprism_testkit::{PgServer, RedisServer};
@@ -159,6 +159,18 @@ impl Env {
         replay_window: u64,
         until: Lsn,
     ) -> Vec<FlushReport> {
+        self.try_run_until(projector, replay_window, until)
+            .await
+            .expect("pipeline runs")
+    }
+
+    /// Like [`Env::run_until`], returning the pipeline's error instead of panicking.
+    pub async fn try_run_until(
+        &self,
+        projector: &mut Projector,
+        replay_window: u64,
+        until: Lsn,
+    ) -> Result<Vec<FlushReport>, DriveError> {
         let mut stream_cfg =
             StreamConfig::new(SourceDsn::parse(&self.dsn).unwrap(), "pgprism", "pgprism");
         stream_cfg.start_lsn = projector.resume_lsn();
@@ -169,20 +181,19 @@ impl Env {
             until: Some(until),
         };
         let mut reports = Vec::new();
-        tokio::time::timeout(
+        let result = tokio::time::timeout(
             Duration::from_secs(120),
             drive(projector, &mut stream, &mut stop, &opts, |r| {
                 reports.push(r.clone())
             }),
         )
         .await
-        .expect("pipeline caught up within 120 s")
-        .expect("pipeline runs");
+        .expect("pipeline caught up within 120 s");
         stream
             .shutdown(Duration::from_secs(5))
             .await
             .expect("clean stop");
-        reports
+        result.map(|()| reports)
     }
 
     /// Rows of `sql` as text (NULL as "∅"), sorted.
