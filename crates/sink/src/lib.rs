@@ -27,6 +27,7 @@ pub mod query;
 pub mod redis;
 pub mod replay;
 pub mod spec;
+pub mod status;
 
 pub use error::{Class, SinkError, pg_class, redis_class, sqlstate};
 pub use lane::LaneFlush;

@@ -103,6 +103,36 @@ async fn order_read_model_equals_the_ground_truth_in_postgres_and_redis() {
     );
     let written: u64 = reports.iter().map(|r| r.written).sum();
     assert!(written > 0 && reports.iter().all(|r| r.dead_letters == 0));
+    // What `pgprism status` reports: both targets at the same offset, nothing dead.
+    let status = pgprism_sink::status::read(&cfg, "pgprism").await.unwrap();
+    let offsets: Vec<_> = status
+        .targets
+        .iter()
+        .map(|t| {
+            (
+                t.name.as_str(),
+                t.resume_lsn.clone(),
+                t.dead_letters,
+                t.epoch,
+            )
+        })
+        .collect();
+    assert_eq!(offsets.len(), 2, "{status:#?}");
+    assert!(
+        offsets
+            .iter()
+            .all(|o| o.1.is_some() && o.1 == offsets[0].1 && o.2 == Some(0) && o.3 == Some(1)),
+        "{status:#?}"
+    );
+    assert!(
+        status
+            .targets
+            .iter()
+            .all(|t| t.lag_bytes.is_some_and(|b| b < 1 << 20)),
+        "{status:#?}"
+    );
+    let slot = status.slot.as_ref().expect("slot");
+    assert!(slot.retained_wal_bytes.is_some_and(|b| b > 0) && slot.confirmed_flush_lsn.is_some());
     drop(projector);
 
     // More changes, then the same changes delivered again from the start of the slot
