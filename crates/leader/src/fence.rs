@@ -82,12 +82,16 @@ enum Direction {
     Any,
 }
 
+/// What a stamp reads back: the offset and a replay's target position, if one is open.
+type StampedRow = (String, i64, Option<(String, i64)>);
+
 /// One leader's handle on one sink's offset row.
 #[derive(Debug, Clone)]
 pub struct PgFence {
     pipeline: String,
     sink: String,
     epoch: Epoch,
+    replay_until: Option<Offset>,
 }
 
 fn lsn_text(lsn: Lsn) -> String {
@@ -133,12 +137,17 @@ impl PgFence {
         loop {
             match Self::try_stamp(client, pipeline, sink, epoch).await {
                 Ok(Some(row)) => {
-                    let (lsn, changes): (String, i64) = row;
+                    let (lsn, changes, replay): (String, i64, Option<(String, i64)>) = row;
                     let offset = read_offset(sink, &lsn, changes)?;
+                    let replay_until = replay
+                        .map(|(l, n)| read_offset(sink, &l, n))
+                        .transpose()?
+                        .filter(|r| *r > offset);
                     let fence = PgFence {
                         pipeline: pipeline.to_owned(),
                         sink: sink.to_owned(),
                         epoch,
+                        replay_until,
                     };
                     return Ok((fence, offset));
                 }
@@ -177,7 +186,7 @@ impl PgFence {
         pipeline: &str,
         sink: &str,
         epoch: Epoch,
-    ) -> Result<Option<(String, i64)>, tokio_postgres::Error> {
+    ) -> Result<Option<StampedRow>, tokio_postgres::Error> {
         let result = async {
             client
                 .batch_execute(&format!(
@@ -198,12 +207,18 @@ impl PgFence {
                 .query_opt(
                     "UPDATE pgprism.offsets SET epoch = $3, updated_at = clock_timestamp()
                       WHERE pipeline = $1 AND sink = $2 AND epoch <= $3
-                     RETURNING resume_lsn::text, changes_done",
+                     RETURNING resume_lsn::text, changes_done, replay_lsn::text, replay_changes",
                     &[&pipeline, &sink, &epoch.0],
                 )
                 .await?;
             client.batch_execute("COMMIT").await?;
-            Ok(row.map(|r| (r.get(0), r.get(1))))
+            Ok(row.map(|r| {
+                let replay = match (r.get::<_, Option<String>>(2), r.get::<_, Option<i64>>(3)) {
+                    (Some(l), Some(n)) => Some((l, n)),
+                    _ => None,
+                };
+                (r.get(0), r.get(1), replay)
+            }))
         }
         .await;
         if result.is_err() {
@@ -215,6 +230,12 @@ impl PgFence {
     /// The epoch this fence writes with.
     pub fn epoch(&self) -> Epoch {
         self.epoch
+    }
+
+    /// While a replay is open: the position the sink had before the rewind. Until the
+    /// offset reaches it, the sink applies the replay in one transaction.
+    pub fn replay_until(&self) -> Option<Offset> {
+        self.replay_until
     }
 
     /// Inside the sink's transaction: move the offset to `to` if our epoch still owns the
@@ -244,7 +265,11 @@ impl PgFence {
             Direction::Forward => (
                 "UPDATE pgprism.offsets
                     SET resume_lsn = $4::text::pg_lsn, changes_done = $5, epoch = $3,
-                        updated_at = clock_timestamp()
+                        updated_at = clock_timestamp(),
+                        replay_lsn = CASE WHEN (replay_lsn, replay_changes)
+                                               > ($4::text::pg_lsn, $5) THEN replay_lsn END,
+                        replay_changes = CASE WHEN (replay_lsn, replay_changes)
+                                               > ($4::text::pg_lsn, $5) THEN replay_changes END
                   WHERE pipeline = $1 AND sink = $2 AND epoch <= $3
                     AND (resume_lsn, changes_done) <= ($4::text::pg_lsn, $5)",
                 "committing the sink's offset",
@@ -252,7 +277,13 @@ impl PgFence {
             Direction::Any => (
                 "UPDATE pgprism.offsets
                     SET resume_lsn = $4::text::pg_lsn, changes_done = $5, epoch = $3,
-                        updated_at = clock_timestamp()
+                        updated_at = clock_timestamp(),
+                        replay_lsn = CASE
+                            WHEN (replay_lsn, replay_changes) > (resume_lsn, changes_done) THEN replay_lsn
+                            WHEN (resume_lsn, changes_done) > ($4::text::pg_lsn, $5) THEN resume_lsn END,
+                        replay_changes = CASE
+                            WHEN (replay_lsn, replay_changes) > (resume_lsn, changes_done) THEN replay_changes
+                            WHEN (resume_lsn, changes_done) > ($4::text::pg_lsn, $5) THEN changes_done END
                   WHERE pipeline = $1 AND sink = $2 AND epoch <= $3",
                 "rewinding the sink's offset",
             ),

@@ -40,9 +40,25 @@ CREATE TABLE IF NOT EXISTS pgprism.offsets (
     epoch        bigint NOT NULL,
     updated_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (pipeline, sink)
-);";
+);
+-- Set by a replay's rewind: the position before it. Until the offset reaches it again the
+-- sink applies the replay in one transaction, so readers never see older rows.
+ALTER TABLE pgprism.offsets ADD COLUMN IF NOT EXISTS replay_lsn pg_lsn;
+ALTER TABLE pgprism.offsets ADD COLUMN IF NOT EXISTS replay_changes bigint;";
 
-async fn ensure(client: &Client, ddl: &str) -> Result<(), LeaderError> {
+/// Run `ddl` unless `present` (a boolean query) says it already ran. DDL takes strong
+/// locks even when it changes nothing (`ADD COLUMN IF NOT EXISTS` takes an ACCESS
+/// EXCLUSIVE lock), which would queue behind a running leader's transactions and block
+/// its next ones: a replica starting up must not do that.
+async fn ensure(client: &Client, present: &str, ddl: &str) -> Result<(), LeaderError> {
+    let done: bool = client
+        .query_one(present, &[])
+        .await
+        .map_err(LeaderError::db("checking pgprism's state tables"))?
+        .get(0);
+    if done {
+        return Ok(());
+    }
     let result = client
         .batch_execute(&format!(
             "BEGIN; SELECT pg_advisory_xact_lock({DDL_LOCK}); {ddl} COMMIT;"
@@ -57,10 +73,23 @@ async fn ensure(client: &Client, ddl: &str) -> Result<(), LeaderError> {
 
 /// Create the source's state tables if missing.
 pub(crate) async fn ensure_source(client: &Client) -> Result<(), LeaderError> {
-    ensure(client, SOURCE_DDL).await
+    ensure(
+        client,
+        "SELECT to_regclass('pgprism.pipelines') IS NOT NULL
+            AND to_regclass('pgprism.lock_keys') IS NOT NULL",
+        SOURCE_DDL,
+    )
+    .await
 }
 
 /// Create a sink's offsets table if missing.
 pub(crate) async fn ensure_sink(client: &Client) -> Result<(), LeaderError> {
-    ensure(client, SINK_DDL).await
+    ensure(
+        client,
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute
+                         WHERE attrelid = to_regclass('pgprism.offsets')
+                           AND attname = 'replay_changes' AND NOT attisdropped)",
+        SINK_DDL,
+    )
+    .await
 }

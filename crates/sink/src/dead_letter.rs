@@ -41,6 +41,22 @@ CREATE INDEX IF NOT EXISTS dead_letters_key ON pgprism.dead_letters (pipeline, t
 
 /// Create `pgprism.dead_letters` if missing.
 pub async fn ensure(client: &tokio_postgres::Client) -> Result<(), SinkError> {
+    // DDL locks even when it changes nothing (CREATE INDEX takes a SHARE lock): skip it
+    // when everything is there, so a starting replica never queues behind the leader.
+    let present: bool = client
+        .query_one(
+            "SELECT to_regclass('pgprism.dead_letters_key') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(SinkError::pg(
+            "dead letters",
+            "checking pgprism.dead_letters",
+        ))?
+        .get(0);
+    if present {
+        return Ok(());
+    }
     let result = client
         .batch_execute(&format!(
             "BEGIN; SELECT pg_advisory_xact_lock({DDL_LOCK}); {DDL} COMMIT;"

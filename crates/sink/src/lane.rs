@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use pgprism_decoder::Lsn;
 use pgprism_decoder::stream::{Backoff, ChangeKind};
 use pgprism_leader::{Offset, PgFence};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, GenericClient, NoTls};
 
 use crate::batch::{Batch, Entry, Key, Position, Shape, key_from_json, key_json, op_from_json};
 use crate::dead_letter::{DeadLetters, Letter, Status, Stored};
@@ -48,6 +48,10 @@ pub(crate) struct PgWriter {
     pub(crate) client: Client,
     pub(crate) table: PgTable,
     pub(crate) fence: PgFence,
+    /// Flushes applied in the open replay transaction (0: none open).
+    pub(crate) replay_flushes: u32,
+    /// A transaction is open on `client` (a flush cancelled mid-way leaves one behind).
+    pub(crate) in_tx: bool,
 }
 
 /// Where a lane writes.
@@ -89,6 +93,10 @@ pub struct Lane {
     pub(crate) covered: Offset,
     /// The LSN the slot may be acknowledged to as far as this lane is concerned.
     pub(crate) ackable: Lsn,
+    /// Postgres targets during a replay: the position before the rewind. Until the lane
+    /// reaches it again, its flushes go into one open transaction, committed there, so
+    /// readers never see rows older than before the replay.
+    replay_until: Option<Offset>,
     last_commit: Instant,
     backoff: Backoff,
 }
@@ -155,6 +163,10 @@ impl Lane {
         shape: Option<Arc<Shape>>,
         stored: Offset,
     ) -> Lane {
+        let replay_until = match &writer {
+            Writer::Postgres(w) => w.fence.replay_until(),
+            Writer::Redis(_) => None,
+        };
         Lane {
             dead: DeadLetters::new(pipeline, &name),
             name,
@@ -173,6 +185,7 @@ impl Lane {
             } else {
                 Lsn(0)
             },
+            replay_until,
             stored,
             last_commit: Instant::now(),
             backoff: Backoff::default(),
@@ -266,11 +279,14 @@ impl Lane {
     pub(crate) async fn flush(&mut self, to: Offset, ack: Lsn) -> Result<LaneFlush, SinkError> {
         let to = to.max(self.covered);
         let idle = self.pending.is_none();
-        if idle && self.last_commit.elapsed() < IDLE_OFFSET_EVERY {
+        let replay_ends = self.replay_until.is_some_and(|hwm| to >= hwm);
+        if idle && !replay_ends && self.last_commit.elapsed() < IDLE_OFFSET_EVERY {
             // Nothing of ours in between: no write needed for correctness.
             if to > self.covered {
                 self.covered = to;
-                self.ackable = self.ackable.max(ack);
+                if self.replay_until.is_none() {
+                    self.ackable = self.ackable.max(ack);
+                }
             }
             return Ok(LaneFlush::default());
         }
@@ -278,16 +294,30 @@ impl Lane {
         let mut attempt = 0u32;
         loop {
             match self.try_flush(to).await {
-                Ok((written, dead)) => {
+                Ok((written, dead, durable)) => {
                     report.written = written;
                     report.dead_letters = dead;
                     self.pending = None;
                     self.pending_changes = 0;
-                    self.stored = to;
                     self.covered = to;
-                    self.ackable = self.ackable.max(ack);
-                    self.last_commit = Instant::now();
+                    if durable {
+                        self.stored = to;
+                        self.ackable = self.ackable.max(ack);
+                        self.last_commit = Instant::now();
+                        self.replay_until = None;
+                    }
                     return Ok(report);
+                }
+                Err(e) if self.replay_open() => {
+                    // The open replay transaction is gone with everything applied in it:
+                    // start over from the stored (rewound) offset.
+                    self.abandon_replay().await;
+                    return Err(SinkError::config(
+                        &self.name,
+                        format!(
+                            "the replay transaction failed and was rolled back; the replay restarts from the rewound offset: {e}"
+                        ),
+                    ));
                 }
                 Err(e) if e.class() == Class::Transient && !e.is_fenced() => {
                     report.retries += 1;
@@ -306,12 +336,32 @@ impl Lane {
         }
     }
 
+    /// Whether a replay transaction with earlier flushes in it is open.
+    fn replay_open(&self) -> bool {
+        matches!(&self.writer, Writer::Postgres(w) if w.replay_flushes > 0)
+    }
+
+    async fn abandon_replay(&mut self) {
+        if let Writer::Postgres(w) = &mut self.writer {
+            if w.client.batch_execute("ROLLBACK").await.is_ok() {
+                w.in_tx = false;
+            }
+            w.replay_flushes = 0;
+        }
+        self.covered = self.stored;
+        self.pending = None;
+        self.pending_changes = 0;
+    }
+
     async fn reconnect_if_closed(&mut self) {
         if let Writer::Postgres(w) = &mut self.writer
             && w.client.is_closed()
         {
             match connect(&w.config, &self.name).await {
-                Ok(c) => w.client = c,
+                Ok(c) => {
+                    w.client = c;
+                    w.in_tx = false;
+                }
                 Err(e) => {
                     tracing::warn!(target_name = %self.name, error = %e, "reconnecting to the sink failed")
                 }
@@ -389,7 +439,8 @@ impl Lane {
         }
     }
 
-    async fn try_flush(&mut self, to: Offset) -> Result<(u64, u64), SinkError> {
+    /// One attempt: (rows written, dead letters, whether the offset is now durable).
+    async fn try_flush(&mut self, to: Offset) -> Result<(u64, u64, bool), SinkError> {
         let (batch, recompute_failed) = match self.materialize().await? {
             Some((b, f)) => (Some(b), f),
             None => (None, Vec::new()),
@@ -404,40 +455,73 @@ impl Lane {
                     client,
                     table,
                     fence,
+                    replay_flushes,
+                    in_tx,
                     ..
                 } = &mut **w;
-                let tx = client
-                    .transaction()
-                    .await
-                    .map_err(SinkError::pg(&self.name, "beginning the sink transaction"))?;
-                let (mut written, mut dead) = (0, 0);
-                if let Some(shape) = &shape {
-                    written += requests_pg(
-                        &tx,
-                        &self.dead,
-                        &mut self.logic,
-                        &mut self.source,
-                        &self.source_config,
-                        table,
-                        shape,
-                        &self.name,
-                    )
-                    .await?;
+                // Inside a replay, until its end: one transaction across flushes.
+                let in_replay = self.replay_until.is_some_and(|hwm| to < hwm);
+                if *replay_flushes == 0 {
+                    // A flush cancelled mid-way (another lane failed) left its transaction.
+                    let begin = if *in_tx { "ROLLBACK; BEGIN" } else { "BEGIN" };
+                    client
+                        .batch_execute(begin)
+                        .await
+                        .map_err(SinkError::pg(&self.name, "beginning the sink transaction"))?;
+                    *in_tx = true;
                 }
-                if let Some(batch) = &batch {
-                    let (w, d) = write_pg(&tx, &self.dead, table, batch).await?;
-                    written += w;
-                    dead += d;
-                    self.dead
-                        .add(&tx, &batch.shape, &failure_letters(&recompute_failed))
+                let client = &*client;
+                let result: Result<(u64, u64), SinkError> = async {
+                    let (mut written, mut dead) = (0, 0);
+                    if let Some(shape) = &shape {
+                        written += requests_pg(
+                            client,
+                            &self.dead,
+                            &mut self.logic,
+                            &mut self.source,
+                            &self.source_config,
+                            table,
+                            shape,
+                            &self.name,
+                        )
                         .await?;
-                    dead += recompute_failed.len() as u64;
+                    }
+                    if let Some(batch) = &batch {
+                        let (w, d) = write_pg(client, &self.dead, table, batch).await?;
+                        written += w;
+                        dead += d;
+                        self.dead
+                            .add(client, &batch.shape, &failure_letters(&recompute_failed))
+                            .await?;
+                        dead += recompute_failed.len() as u64;
+                    }
+                    if !in_replay {
+                        fence.commit_offset(client, to).await?;
+                        client.batch_execute("COMMIT").await.map_err(SinkError::pg(
+                            &self.name,
+                            "committing the sink transaction",
+                        ))?;
+                    }
+                    Ok((written, dead))
                 }
-                fence.commit_offset(&tx, to).await?;
-                tx.commit()
-                    .await
-                    .map_err(SinkError::pg(&self.name, "committing the sink transaction"))?;
-                Ok((written, dead))
+                .await;
+                match result {
+                    Ok((written, dead)) if in_replay => {
+                        *replay_flushes += 1;
+                        Ok((written, dead, false))
+                    }
+                    Ok((written, dead)) => {
+                        *replay_flushes = 0;
+                        *in_tx = false;
+                        Ok((written, dead, true))
+                    }
+                    Err(e) => {
+                        if *replay_flushes == 0 && client.batch_execute("ROLLBACK").await.is_ok() {
+                            *in_tx = false;
+                        }
+                        Err(e)
+                    }
+                }
             }
             Writer::Redis(w) => {
                 let source = match &self.source {
@@ -489,7 +573,7 @@ impl Lane {
                     dead += recompute_failed.len() as u64;
                 }
                 w.commit(to).await?;
-                Ok((written, dead))
+                Ok((written, dead, true))
             }
         }
     }
@@ -498,6 +582,9 @@ impl Lane {
     /// keeps its offset); the caller restarts the stream.
     pub(crate) async fn rewind(&mut self, to: Offset) -> Result<(), SinkError> {
         let to = to.min(self.stored);
+        if self.replay_open() {
+            self.abandon_replay().await;
+        }
         match &mut self.writer {
             Writer::Postgres(w) => {
                 let tx = w
@@ -509,6 +596,10 @@ impl Lane {
                 tx.commit()
                     .await
                     .map_err(SinkError::pg(&self.name, "committing the rewind"))?;
+                if self.stored > to {
+                    self.replay_until =
+                        Some(self.replay_until.unwrap_or(self.stored).max(self.stored));
+                }
             }
             Writer::Redis(w) => w.rewind(to).await?,
         }
@@ -587,7 +678,7 @@ fn held_letters<'a>(hold: &[(&'a Key, &'a Entry)]) -> Vec<Letter<'a>> {
 /// Write a batch inside the sink transaction: held keys to the dead letters, the
 /// truncate, the rows (bad rows isolated to dead letters). Returns (written, dead letters).
 async fn write_pg(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &(impl GenericClient + Sync),
     dead: &DeadLetters,
     table: &PgTable,
     batch: &Batch,
@@ -620,7 +711,7 @@ async fn write_pg(
 /// Apply `entries` set-based; when the target rejects a row, bisect under savepoints
 /// until the rejected rows are alone, and return them with their errors.
 async fn isolate<'a>(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &(impl GenericClient + Sync),
     table: &PgTable,
     shape: &Shape,
     entries: &[(&'a Key, &'a Entry)],
@@ -734,7 +825,7 @@ async fn retry_batch(
 /// Carry out `pgprism dlq retry|discard` requests inside the sink transaction.
 #[allow(clippy::too_many_arguments)]
 async fn requests_pg(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &(impl GenericClient + Sync),
     dead: &DeadLetters,
     logic: &mut Logic,
     source: &mut Option<Client>,

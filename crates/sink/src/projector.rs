@@ -318,6 +318,8 @@ impl Projector {
                                 client,
                                 table,
                                 fence,
+                                replay_flushes: 0,
+                                in_tx: false,
                             })),
                             stored,
                         )

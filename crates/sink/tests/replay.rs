@@ -80,6 +80,9 @@ async fn replay_from_saved_lsn_converges() {
     let saved = env.marker();
     shop_workload(&client, 300, 12).await;
     let mid = env.marker();
+    // Every product changes after `mid`: a replay that showed rows as of `mid` would show
+    // older names.
+    env.sql("UPDATE products SET name = name || ' (final)'");
     shop_workload(&client, 300, 13).await;
     env.run_with(&mut old, window).await;
     let uninterrupted = read_side(&env).await;
@@ -107,6 +110,8 @@ async fn replay_from_saved_lsn_converges() {
         Err(pgprism_sink::drive::DriveError::Sink(e)) if e.is_fenced() => {}
         other => panic!("the old leader must be fenced: {other:?}"),
     }
+    // A fenced replica steps down: its sessions close.
+    drop(old);
 
     // The next leader re-applies from the saved LSN. Half way, Redis shows nothing older
     // than before the replay.
@@ -129,6 +134,17 @@ async fn replay_from_saved_lsn_converges() {
         &uninterrupted.0,
         "order_read_model half way",
     );
+    // The Postgres mirror applies the replay in one transaction, committed where the
+    // target was before: readers keep seeing the newer rows meanwhile.
+    assert_same(
+        &read_side(&env).await.1,
+        &uninterrupted.1,
+        "products_copy half way",
+    );
+    let open: String = env.sql(
+        "SELECT count(*) FROM pgprism.offsets WHERE replay_lsn IS NOT NULL AND sink = 'products.pg'",
+    );
+    assert_eq!(open.trim(), "1", "the replay is still open half way");
 
     // Caught up: exactly the state of the uninterrupted run; then the new leader goes on.
     env.run_with(&mut next, window).await;
@@ -144,6 +160,8 @@ async fn replay_from_saved_lsn_converges() {
         "products_copy after the replay",
     );
     assert_same(&replayed.2, &uninterrupted.2, "Redis after the replay");
+    let open: String = env.sql("SELECT count(*) FROM pgprism.offsets WHERE replay_lsn IS NOT NULL");
+    assert_eq!(open.trim(), "0", "every replay closed");
     env.sql("UPDATE products SET name = name || ' (after replay)'");
     env.run_with(&mut next, window).await;
     assert_same(
