@@ -1,8 +1,11 @@
 //! `pgprism`: change-data-capture sidecar for Postgres. This binary wires the crates
 //! together; the commands live in their own modules.
 
+mod config;
 mod dlq;
+mod http;
 mod jsonl;
+mod run;
 mod tail;
 
 use std::io::IsTerminal;
@@ -31,6 +34,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Join the election; the leader streams the slot into the read models, standbys wait.
+    Run(run::RunArgs),
     /// Decode a replication slot and print one JSON object per change (JSONL).
     Tail(tail::TailArgs),
     /// List dead letters (changes a target rejected), retry or discard them.
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Run(args) => run::run(args).await,
             Command::Tail(args) => tail::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,
         }

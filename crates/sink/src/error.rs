@@ -75,6 +75,15 @@ pub enum SinkError {
         #[source]
         source: redis::RedisError,
     },
+    /// Work in progress was lost (a replay transaction rolled back): start the pipeline
+    /// over from the stored offsets.
+    #[error("{target}: {message}")]
+    Restart {
+        /// The target.
+        target: String,
+        /// What happened.
+        message: String,
+    },
     /// A change could not be typed (a value its column type rejects).
     #[error("{target}: {source}")]
     Decode {
@@ -91,6 +100,7 @@ impl SinkError {
     pub fn class(&self) -> Class {
         match self {
             SinkError::Config { .. } | SinkError::Decode { .. } => Class::Fatal,
+            SinkError::Restart { .. } => Class::Transient,
             SinkError::Leader(LeaderError::Db { source, .. }) => pg_class(source),
             SinkError::Leader(LeaderError::Redis { .. }) => Class::Transient,
             SinkError::Leader(_) => Class::Fatal,

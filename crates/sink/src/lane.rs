@@ -312,12 +312,12 @@ impl Lane {
                     // The open replay transaction is gone with everything applied in it:
                     // start over from the stored (rewound) offset.
                     self.abandon_replay().await;
-                    return Err(SinkError::config(
-                        &self.name,
-                        format!(
+                    return Err(SinkError::Restart {
+                        target: self.name.clone(),
+                        message: format!(
                             "the replay transaction failed and was rolled back; the replay restarts from the rewound offset: {e}"
                         ),
-                    ));
+                    });
                 }
                 Err(e) if e.class() == Class::Transient && !e.is_fenced() => {
                     report.retries += 1;

@@ -31,4 +31,4 @@ pub mod status;
 
 pub use error::{Class, SinkError, pg_class, redis_class, sqlstate};
 pub use lane::LaneFlush;
-pub use projector::{FlushReport, Projector, ProjectorConfig, TargetStatus};
+pub use projector::{FlushReport, LagClock, Projector, ProjectorConfig, TargetStatus};

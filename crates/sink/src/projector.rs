@@ -8,8 +8,9 @@
 //! resuming from its own stored offset skips every change its offset covers, so lanes that
 //! were ahead of the others re-apply nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::try_join_all;
@@ -83,9 +84,30 @@ pub struct FlushReport {
     pub offset: Offset,
 }
 
+/// The commit time of the oldest change pushed but not yet durable, shared with whoever
+/// reports the lag (it keeps growing while a flush is stuck).
+#[derive(Debug, Default)]
+pub struct LagClock {
+    /// Microseconds since 2000-01-01; 0 when everything pushed is durable.
+    oldest_pending_us: AtomicI64,
+}
+
+impl LagClock {
+    /// How long the oldest change not yet durable has waited since its commit; zero when
+    /// everything pushed is durable.
+    pub fn lag(&self) -> Duration {
+        match self.oldest_pending_us.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            t => lag_of(t),
+        }
+    }
+}
+
 /// Routes changes into lanes and flushes them.
 #[derive(Debug)]
 pub struct Projector {
+    /// Shared with the metrics reporter.
+    clock: Arc<LagClock>,
     lanes: Vec<Lane>,
     size: Adaptive,
     max_age: Duration,
@@ -351,8 +373,14 @@ impl Projector {
                 ));
             }
         }
+        for lane in &lanes {
+            // Present from the start, so an alert on its rate works before the first one.
+            metrics::counter!("pgprism_dead_letters_total", "projection" => lane.projection.clone())
+                .increment(0);
+        }
         let next = lanes.iter().map(|l| l.covered).min().unwrap_or_default();
         Ok(Projector {
+            clock: Arc::new(LagClock::default()),
             size: Adaptive::new(&cfg.batch),
             max_age: cfg.batch.max_age,
             changes: 0,
@@ -368,6 +396,11 @@ impl Projector {
         })
     }
 
+    /// The lag clock, for a reporter that keeps the lag current while a flush is stuck.
+    pub fn lag_clock(&self) -> Arc<LagClock> {
+        self.clock.clone()
+    }
+
     /// Where the stream must start: the smallest offset over all targets.
     pub fn resume_lsn(&self) -> Lsn {
         self.lanes
@@ -380,7 +413,11 @@ impl Projector {
     /// Fold a chunk of a transaction in; flush when the batch is full.
     pub async fn push(&mut self, chunk: &TxnChunk) -> Result<Option<FlushReport>, SinkError> {
         let commit_lsn = chunk.txn.commit_lsn;
+        let mut counts: HashMap<(String, &'static str), u64> = HashMap::new();
         for (i, change) in chunk.changes.iter().enumerate() {
+            if let Some((table, op)) = table_op(&change.kind) {
+                *counts.entry((table, op)).or_default() += 1;
+            }
             let pos = Position {
                 commit_lsn,
                 seq: chunk.first_seq + i as u64,
@@ -398,9 +435,18 @@ impl Projector {
                 lane.push(&change.kind, pos)?;
             }
         }
+        for ((table, op), n) in counts {
+            metrics::counter!("pgprism_changes_total", "table" => table, "op" => op).increment(n);
+        }
         self.changes += chunk.changes.len();
         self.oldest.get_or_insert_with(Instant::now);
-        self.oldest_commit.get_or_insert(chunk.txn.commit_time);
+        if self.oldest_commit.is_none() {
+            self.oldest_commit = Some(chunk.txn.commit_time);
+            // Zero means "nothing pending": a commit at the Postgres epoch itself is 1 µs off.
+            self.clock
+                .oldest_pending_us
+                .store(chunk.txn.commit_time.max(1), Ordering::Relaxed);
+        }
         self.next = match chunk.end {
             Some(end) => {
                 self.last_end = end.end_lsn;
@@ -452,6 +498,19 @@ impl Projector {
         let rows = self.pending();
         let results = try_join_all(self.lanes.iter_mut().map(|l| l.flush(to, ack))).await?;
         let took = started.elapsed();
+        self.clock.oldest_pending_us.store(0, Ordering::Relaxed);
+        for (lane, r) in self.lanes.iter().zip(&results) {
+            if r.written > 0 || r.dead_letters > 0 {
+                metrics::histogram!("pgprism_batch_flush_duration_seconds", "sink" => lane.sink.clone())
+                    .record(took.as_secs_f64());
+                metrics::histogram!("pgprism_batch_rows", "sink" => lane.sink.clone())
+                    .record(r.written as f64);
+            }
+            if r.dead_letters > 0 {
+                metrics::counter!("pgprism_dead_letters_total", "projection" => lane.projection.clone())
+                    .increment(r.dead_letters);
+            }
+        }
         let lag = self.oldest_commit.map(lag_of).unwrap_or_default();
         if results.iter().any(|r| r.contended) {
             self.size.contended();
@@ -525,6 +584,20 @@ impl Projector {
         self.oldest = None;
         self.oldest_commit = None;
         Ok(())
+    }
+}
+
+/// The source table and operation of a change, for `pgprism_changes_total`.
+fn table_op(kind: &pgprism_decoder::stream::ChangeKind) -> Option<(String, &'static str)> {
+    use pgprism_decoder::stream::ChangeKind;
+    match kind {
+        ChangeKind::Insert { relation, .. } => Some((relation.qualified_name(), "insert")),
+        ChangeKind::Update { relation, .. } => Some((relation.qualified_name(), "update")),
+        ChangeKind::Delete { relation, .. } => Some((relation.qualified_name(), "delete")),
+        ChangeKind::Truncate { relations, .. } => {
+            relations.first().map(|r| (r.qualified_name(), "truncate"))
+        }
+        ChangeKind::Message(_) => Some((String::new(), "message")),
     }
 }
 

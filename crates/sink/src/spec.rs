@@ -8,7 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 use pgprism_decoder::stream::redact_dsn;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Default upper bound on changes in one batch.
 pub const DEFAULT_MAX_ROWS: usize = 20_000;
@@ -328,7 +328,7 @@ impl TargetSpec {
 }
 
 /// Batch sizing.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchSpec {
     /// Most changes in one batch.

@@ -20,6 +20,7 @@ mod process;
 mod redis;
 mod run_as;
 mod server_log;
+pub mod shop;
 
 pub use error::TestkitError;
 pub use postgres::{PgBuilder, PgServer, StopMode, bin_dir};

@@ -1,7 +1,7 @@
 //! Shared helpers of the sink tests: a real Postgres and Redis from the testkit, the
 //! example schema, and a pipeline run from the replication slot until a given point.
 
-#![allow(dead_code, missing_docs)]
+#![allow(dead_code, missing_docs, unused_imports)]
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -218,110 +218,7 @@ impl Env {
     }
 }
 
-/// A randomized shop workload: inserts, updates and deletes over all four tables,
-/// including customer and product renames, item moves and deletes, and order deletes.
-/// `txns` transactions of 1–3 operations each.
-pub async fn shop_workload(client: &tokio_postgres::Client, txns: usize, seed: u64) {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut customers: Vec<String> = Vec::new();
-    let mut products: Vec<String> = Vec::new();
-    let mut orders: Vec<String> = Vec::new();
-    let mut items: Vec<String> = Vec::new();
-    let one = |rows: Vec<tokio_postgres::Row>| -> String { rows[0].get(0) };
-    for c in 0..5 {
-        customers.push(one(client
-            .query(
-                "INSERT INTO customers (name, email) VALUES ($1, $2) RETURNING id::text",
-                &[&format!("customer {c}"), &format!("c{c}@example.com")],
-            )
-            .await
-            .unwrap()));
-    }
-    for p in 0..5 {
-        products.push(one(client
-            .query(
-                "INSERT INTO products (name, price_cents) VALUES ($1, $2) RETURNING id::text",
-                &[&format!("product {p}"), &(100 + p)],
-            )
-            .await
-            .unwrap()));
-    }
-    for t in 0..txns {
-        client.batch_execute("BEGIN").await.unwrap();
-        for _ in 0..rng.random_range(1..=3) {
-            let pick = |v: &Vec<String>, rng: &mut rand::rngs::StdRng| {
-                v[rng.random_range(0..v.len())].clone()
-            };
-            match rng.random_range(0..100) {
-                0..=4 => customers.push(one(client
-                    .query("INSERT INTO customers (name, email) VALUES ($1, $2) RETURNING id::text", &[&format!("customer t{t}"), &format!("t{t}@example.com")])
-                    .await.unwrap())),
-                5..=9 => products.push(one(client
-                    .query("INSERT INTO products (name, price_cents) VALUES ($1, $2) RETURNING id::text", &[&format!("product t{t}"), &rng.random_range(1..10_000i32)])
-                    .await.unwrap())),
-                10..=29 => {
-                    let o = one(client
-                        .query("INSERT INTO orders (customer_id) VALUES ($1::text::uuid) RETURNING id::text", &[&pick(&customers, &mut rng)])
-                        .await.unwrap());
-                    for _ in 0..rng.random_range(0..4) {
-                        items.push(one(client
-                            .query("INSERT INTO order_items (order_id, product_id, quantity, unit_cents) VALUES ($1::text::uuid, $2::text::uuid, $3, $4) RETURNING id::text",
-                                   &[&o, &pick(&products, &mut rng), &rng.random_range(1..5i32), &rng.random_range(0..5_000i32)])
-                            .await.unwrap()));
-                    }
-                    orders.push(o);
-                }
-                30..=39 if !orders.is_empty() => {
-                    let status = ["pending", "confirmed", "shipped", "cancelled"][rng.random_range(0..4)];
-                    client.execute("UPDATE orders SET status = $2, updated_at = now() WHERE id = $1::text::uuid", &[&pick(&orders, &mut rng), &status]).await.unwrap();
-                }
-                40..=49 if !orders.is_empty() => {
-                    items.push(one(client
-                        .query("INSERT INTO order_items (order_id, product_id, quantity, unit_cents) VALUES ($1::text::uuid, $2::text::uuid, $3, $4) RETURNING id::text",
-                               &[&pick(&orders, &mut rng), &pick(&products, &mut rng), &rng.random_range(1..5i32), &rng.random_range(0..5_000i32)])
-                        .await.unwrap()));
-                }
-                50..=57 if !items.is_empty() => {
-                    let i = rng.random_range(0..items.len());
-                    let id = items.swap_remove(i);
-                    client.execute("DELETE FROM order_items WHERE id = $1::text::uuid", &[&id]).await.unwrap();
-                }
-                58..=65 if !items.is_empty() => {
-                    client.execute("UPDATE order_items SET quantity = quantity + 1 WHERE id = $1::text::uuid", &[&pick(&items, &mut rng)]).await.unwrap();
-                }
-                66..=71 if !items.is_empty() && !orders.is_empty() => {
-                    // Move an item to another order: both orders change.
-                    client.execute("UPDATE order_items SET order_id = $2::text::uuid WHERE id = $1::text::uuid", &[&pick(&items, &mut rng), &pick(&orders, &mut rng)]).await.unwrap();
-                }
-                72..=79 => {
-                    client.execute("UPDATE customers SET name = name || '+', email = 'e' || $2 || '@example.com' WHERE id = $1::text::uuid", &[&pick(&customers, &mut rng), &t.to_string()]).await.unwrap();
-                }
-                80..=89 => {
-                    client.execute("UPDATE products SET name = name || '*' WHERE id = $1::text::uuid", &[&pick(&products, &mut rng)]).await.unwrap();
-                }
-                90..=99 if !orders.is_empty() => {
-                    let i = rng.random_range(0..orders.len());
-                    let id = orders.swap_remove(i);
-                    client.execute("DELETE FROM orders WHERE id = $1::text::uuid", &[&id]).await.unwrap();
-                }
-                _ => {}
-            }
-        }
-        client.batch_execute("COMMIT").await.unwrap();
-        // Deleted orders take their items along (ON DELETE CASCADE).
-        if t % 50 == 0 {
-            let live: Vec<String> = client
-                .query("SELECT id::text FROM order_items", &[])
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            items = live;
-        }
-    }
-}
+pub use pgprism_testkit::shop::workload as shop_workload;
 
 /// Assert two sorted row sets are equal, printing only what differs.
 pub fn assert_same(got: &[Vec<String>], want: &[Vec<String>], what: &str) {

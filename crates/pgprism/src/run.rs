@@ -1,0 +1,407 @@
+//! `pgprism run`: the sidecar. Every replica campaigns; the leader streams the slot into
+//! the projections; standbys wait. Metrics and health over HTTP.
+//!
+//! Leading: take the slot over from a dead leader's walsender, start the projector (which
+//! stamps our epoch on every target), open the stream at the smallest target offset, and
+//! drive until told to stop. Leadership lost (lock session gone, epoch superseded): stop
+//! writing at once — the in-flight batch is abandoned, its transactions roll back, and
+//! the fence would refuse it anyway. SIGTERM/SIGINT: stop reading, flush the open batch,
+//! commit the offsets, send the final standby status update, release the lock, exit 0,
+//! all within `shutdown.deadline`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use pgprism_decoder::stream::{
+    Backoff, ErrorClass, ReplicationStream, SlotCreation, SourceDsn, StreamConfig, pg_error_text,
+};
+use pgprism_leader::{Election, LeaderConfig, Leadership, slot};
+use pgprism_sink::drive::{DriveError, DriveOptions, drive};
+use pgprism_sink::{Class, LagClock, Projector, ProjectorConfig};
+use tokio::sync::watch;
+use tokio_postgres::NoTls;
+
+use crate::config::Config;
+use crate::http;
+
+/// `pgprism run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The configuration file (see pgprism.example.toml).
+    #[arg(short = 'c', long = "config", env = "PGPRISM_CONFIG")]
+    pub config: PathBuf,
+}
+
+/// Why leading ended.
+enum Outcome {
+    /// Shut down as asked.
+    Stopped,
+    /// The election says another replica leads now.
+    Lost,
+    /// A sink refused our epoch.
+    Fenced,
+    /// Something failed; `retry` if it may clear up.
+    Failed { error: anyhow::Error, retry: bool },
+}
+
+/// Run until SIGTERM/SIGINT.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let cfg = Config::load(&args.config, std::env::vars())?;
+    let health = Arc::new(http::Health::default());
+    let recorder = http::install_metrics()?;
+    if !cfg.http.bind.is_empty() {
+        http::serve(&cfg.http.bind, recorder, health.clone()).await?;
+    }
+    let stop = stop_on_signals()?;
+    let dsn = SourceDsn::parse(&cfg.source.dsn)?;
+    let replica = cfg
+        .leader
+        .replica_id
+        .clone()
+        .unwrap_or_else(default_replica_id);
+    let mut leader_cfg = LeaderConfig::new(cfg.pipeline.clone(), replica.clone());
+    leader_cfg.retry_interval = cfg.leader.retry_interval;
+    leader_cfg.heartbeat_interval = cfg.leader.heartbeat_interval;
+    leader_cfg.takeover_after = cfg.leader.takeover_after;
+    leader_cfg.lock_key = cfg.leader.lock_key;
+    let election = Election::new(leader_cfg, dsn.clone());
+    let backoff = Backoff::default();
+    let mut failures = 0u32;
+    metrics::gauge!("pgprism_is_leader").set(0.0);
+    tracing::info!(pipeline = %cfg.pipeline, replica = %replica, "started; campaigning");
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        health.ready.store(true, Ordering::Relaxed);
+        let mut leadership = match election.campaign(stop.clone()).await {
+            Ok(Some(l)) => l,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                health.ready.store(false, Ordering::Relaxed);
+                tracing::warn!(error = %e, "campaign failed; retrying");
+                if wait_or_stop(&stop, cfg.leader.retry_interval).await {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        health.ready.store(false, Ordering::Relaxed);
+        let epoch = leadership.epoch();
+        tracing::info!(pipeline = %cfg.pipeline, epoch = epoch.0, "leading");
+        metrics::gauge!("pgprism_is_leader").set(1.0);
+        metrics::gauge!("pgprism_epoch").set(epoch.0 as f64);
+        let outcome = lead(&cfg, &dsn, &mut leadership, stop.clone(), &health).await;
+        metrics::gauge!("pgprism_is_leader").set(0.0);
+        health.leading.store(false, Ordering::Relaxed);
+        match outcome {
+            Outcome::Stopped => {
+                leadership.release().await;
+                tracing::info!(epoch = epoch.0, "stopped; lock released");
+                return Ok(());
+            }
+            Outcome::Lost => {
+                tracing::warn!(
+                    epoch = epoch.0,
+                    "leadership lost; stopped writing, campaigning again"
+                );
+                failures = 0;
+            }
+            Outcome::Fenced => {
+                tracing::warn!(
+                    epoch = epoch.0,
+                    "a newer leader owns the sinks; stepping down"
+                );
+                leadership.release().await;
+                failures = 0;
+            }
+            Outcome::Failed { error, retry } => {
+                leadership.release().await;
+                if !retry {
+                    return Err(error);
+                }
+                let delay = backoff.delay(failures);
+                failures += 1;
+                tracing::warn!(error = %format!("{error:#}"), retry_in = ?delay, "leading failed; stepped down, retrying");
+                if wait_or_stop(&stop, delay).await {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Lead until stopped, lost, fenced or failed.
+async fn lead(
+    cfg: &Config,
+    dsn: &SourceDsn,
+    leadership: &mut Leadership,
+    mut stop: watch::Receiver<bool>,
+    health: &http::Health,
+) -> Outcome {
+    let epoch = leadership.epoch();
+    let pcfg = ProjectorConfig {
+        pipeline: cfg.pipeline.clone(),
+        epoch,
+        source: dsn.clone(),
+        sinks: cfg.sinks.clone(),
+        projections: cfg.projections.clone(),
+        batch: cfg.batch.clone(),
+        takeover_after: cfg.leader.takeover_after,
+    };
+    let setup = async {
+        let (client, conn) = dsn.sql_config().connect(NoTls).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to Postgres at {}: {}",
+                dsn.target(),
+                pg_error_text(&e)
+            )
+        })?;
+        let conn = tokio::spawn(conn);
+        slot::take_over(
+            &client,
+            &cfg.source.slot,
+            cfg.leader.slot_takeover_after,
+            Duration::from_millis(200),
+        )
+        .await
+        .context("taking the slot over")?;
+        drop(client);
+        let _ = conn.await;
+        let projector = Projector::start(&pcfg).await?;
+        let mut scfg = StreamConfig::new(dsn.clone(), &cfg.source.slot, &cfg.source.publication);
+        scfg.start_lsn = projector.resume_lsn();
+        scfg.application_name = format!("pgprism {}", cfg.pipeline);
+        if cfg.source.create {
+            scfg.create_slot = Some(SlotCreation { temporary: false });
+            scfg.create_publication_for = Some(cfg.source.tables.clone());
+        }
+        let stream = ReplicationStream::open(scfg).await?;
+        anyhow::Ok((projector, stream))
+    };
+    let (mut projector, mut stream) = tokio::select! {
+        biased;
+        () = leadership.lost() => return Outcome::Lost,
+        _ = stop.wait_for(|s| *s) => return Outcome::Stopped,
+        r = setup => match r {
+            Ok(ps) => ps,
+            Err(error) => {
+                let retry = retryable(&error);
+                return Outcome::Failed { error, retry };
+            }
+        },
+    };
+    tracing::info!(epoch = epoch.0, start = %stream.info().start_lsn, "streaming");
+    health.leading.store(true, Ordering::Relaxed);
+    health.ready.store(true, Ordering::Relaxed);
+    let reporter = tokio::spawn(report(cfg.clone(), dsn.clone(), projector.lag_clock()));
+    let heartbeat = cfg
+        .heartbeat
+        .interval
+        .filter(|d| !d.is_zero())
+        .map(|every| tokio::spawn(emit_heartbeats(dsn.clone(), every)));
+    let replay_window = cfg.replay_window_bytes().unwrap_or(0);
+    let (drive_stop_tx, mut drive_stop) = watch::channel(false);
+    let opts = DriveOptions {
+        replay_window,
+        until: None,
+    };
+    let outcome = {
+        let driving = drive(
+            &mut projector,
+            &mut stream,
+            &mut drive_stop,
+            &opts,
+            |report| {
+                if report.changes > 0 {
+                    tracing::debug!(changes = report.changes, written = report.written, took = ?report.took, offset = %report.offset.resume_lsn, "flushed");
+                }
+            },
+        );
+        tokio::pin!(driving);
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                // Lost leadership wins: stop writing at once, abandoning the batch in flight.
+                biased;
+                () = leadership.lost() => break Outcome::Lost,
+                r = stop.wait_for(|s| *s), if !stopping => {
+                    let _ = r;
+                    stopping = true;
+                    drive_stop_tx.send_replace(true);
+                    tracing::info!("stopping: flushing the open batch");
+                }
+                r = &mut driving => break match r {
+                    Ok(()) => Outcome::Stopped,
+                    Err(DriveError::Sink(e)) if e.is_fenced() => Outcome::Fenced,
+                    Err(DriveError::Sink(e)) => Outcome::Failed { retry: e.class() == Class::Transient, error: e.into() },
+                    Err(DriveError::Stream(e)) => Outcome::Failed { retry: e.class() == ErrorClass::Transient, error: e.into() },
+                },
+            }
+        }
+    };
+    reporter.abort();
+    if let Some(h) = heartbeat {
+        h.abort();
+    }
+    if matches!(outcome, Outcome::Stopped) {
+        match stream.shutdown(cfg.shutdown.deadline).await {
+            Ok(lsn) => tracing::info!(acknowledged = %lsn, "final standby status sent"),
+            Err(e) => tracing::warn!(error = %e, "final acknowledgement not confirmed"),
+        }
+    }
+    outcome
+}
+
+/// Whether leading may succeed if tried again.
+fn retryable(e: &anyhow::Error) -> bool {
+    if let Some(e) = e.downcast_ref::<pgprism_sink::SinkError>() {
+        return e.class() == Class::Transient;
+    }
+    if let Some(e) = e.downcast_ref::<pgprism_decoder::stream::StreamError>() {
+        return e.class() == ErrorClass::Transient;
+    }
+    if let Some(e) = e.downcast_ref::<pgprism_leader::LeaderError>() {
+        return matches!(
+            e,
+            pgprism_leader::LeaderError::Db { .. } | pgprism_leader::LeaderError::Redis { .. }
+        );
+    }
+    true
+}
+
+/// Update the lag and slot metrics every second, also while a flush is stuck.
+async fn report(cfg: Config, dsn: SourceDsn, clock: Arc<LagClock>) {
+    let labels: Vec<(String, String)> = cfg
+        .projections
+        .iter()
+        .flat_map(|p| p.targets.iter().map(|t| (p.name.clone(), t.sink.clone())))
+        .collect();
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut warned = false;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let lag = clock.lag().as_secs_f64();
+        for (projection, sink) in &labels {
+            metrics::gauge!("pgprism_projection_lag_seconds", "projection" => projection.clone(), "sink" => sink.clone()).set(lag);
+        }
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = match dsn.sql_config().connect(NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(conn);
+                    Some(c)
+                }
+                Err(_) => None,
+            };
+        }
+        let Some(c) = &client else { continue };
+        let row = c
+            .query_opt(
+                "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::float8,
+                        (pg_current_wal_lsn() - restart_lsn)::float8,
+                        safe_wal_size::float8,
+                        (SELECT setting::float8 * 1024 * 1024 FROM pg_settings
+                          WHERE name = 'max_slot_wal_keep_size' AND setting <> '-1')
+                   FROM pg_replication_slots WHERE slot_name = $1",
+                &[&cfg.source.slot],
+            )
+            .await;
+        if let Ok(Some(row)) = row {
+            let lag_bytes: Option<f64> = row.get(0);
+            let retained: Option<f64> = row.get(1);
+            let safe: Option<f64> = row.get(2);
+            let keep: Option<f64> = row.get(3);
+            metrics::gauge!("pgprism_replication_lag_bytes").set(lag_bytes.unwrap_or(0.0));
+            metrics::gauge!("pgprism_slot_retained_wal_bytes").set(retained.unwrap_or(0.0));
+            // Warn while a fifth of max_slot_wal_keep_size is left before Postgres
+            // invalidates the slot.
+            if let (Some(safe), Some(keep)) = (safe, keep)
+                && safe < keep / 5.0
+            {
+                if !warned {
+                    tracing::warn!(slot = %cfg.source.slot, safe_wal_bytes = safe, max_slot_wal_keep_bytes = keep,
+                        "the slot is close to max_slot_wal_keep_size; Postgres will invalidate it if the sinks do not catch up");
+                }
+                warned = true;
+            } else {
+                warned = false;
+            }
+        }
+    }
+}
+
+/// Emit a non-transactional logical message every `every`, so that an idle database
+/// produces something to acknowledge and the slot keeps moving.
+async fn emit_heartbeats(dsn: SourceDsn, every: Duration) {
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = match dsn.sql_config().connect(NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(conn);
+                    Some(c)
+                }
+                Err(_) => None,
+            };
+        }
+        if let Some(c) = &client
+            && let Err(e) = c
+                .execute(
+                    "SELECT pg_logical_emit_message(false, 'pgprism.heartbeat', '')",
+                    &[],
+                )
+                .await
+        {
+            tracing::debug!(error = %pg_error_text(&e), "heartbeat message failed");
+        }
+    }
+}
+
+/// A watch that turns true on SIGTERM or SIGINT; a second signal exits at once.
+fn stop_on_signals() -> anyhow::Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        for n in 0.. {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if n == 0 {
+                tracing::info!("signal received: shutting down (again to exit at once)");
+                tx.send_replace(true);
+            } else {
+                std::process::exit(130);
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Sleep `d`; `true` if stop was asked meanwhile.
+async fn wait_or_stop(stop: &watch::Receiver<bool>, d: Duration) -> bool {
+    let mut waiting = stop.clone();
+    tokio::select! {
+        _ = waiting.wait_for(|s| *s) => true,
+        () = tokio::time::sleep(d) => *stop.borrow(),
+    }
+}
+
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "pgprism".to_owned());
+    format!("{host}:{}", std::process::id())
+}

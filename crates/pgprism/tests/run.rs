@@ -1,0 +1,294 @@
+//! `pgprism run` end to end: two replicas as OS processes against a real Postgres and
+//! Redis, the example config with environment overrides, an order workload, the leader
+//! stopped with SIGTERM mid-run, the standby carrying on, and the read models equal to
+//! the ground truth at the end. Plus `/metrics`, `/readyz`, and config errors.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::pgprism;
+use pgprism_testkit::{ChildGuard, PgServer, RedisServer, Signal};
+
+const SCHEMA: &str = include_str!("../../../sql/schema.sql");
+const READ_MODELS: &str = include_str!("../../../sql/read_models.sql");
+const EXAMPLE: &str = include_str!("../../../pgprism.example.toml");
+
+/// The DESIGN.md metric names every leader must expose.
+const METRICS: [&str; 9] = [
+    "pgprism_projection_lag_seconds",
+    "pgprism_replication_lag_bytes",
+    "pgprism_slot_retained_wal_bytes",
+    "pgprism_changes_total",
+    "pgprism_batch_flush_duration_seconds",
+    "pgprism_batch_rows",
+    "pgprism_dead_letters_total",
+    "pgprism_is_leader",
+    "pgprism_epoch",
+];
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `path` on 127.0.0.1:`port`: (status, body), or `None` if nothing listens.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    eventually_or(what, limit, &mut f, String::new)
+}
+
+fn eventually_or<T>(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what}: not within {limit:?}
+{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Replica {
+    child: ChildGuard,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+fn start_replica(name: &str, config: &Path, dsn: &str, redis: &str, dir: &Path) -> Replica {
+    let port = free_port();
+    let log = dir.join(format!("{name}.log"));
+    let child = pgprism()
+        .args(["run", "-c"])
+        .arg(config)
+        .env("PGPRISM_SOURCE_DSN", dsn)
+        .env("PGPRISM_SINKS_PG_DSN", dsn)
+        .env("PGPRISM_SINKS_CACHE_URL", redis)
+        .env("PGPRISM_HTTP_BIND", format!("127.0.0.1:{port}"))
+        .env("PGPRISM_LEADER_REPLICA_ID", name)
+        .env("PGPRISM_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start pgprism run");
+    Replica {
+        child: ChildGuard::new(child),
+        port,
+        log,
+    }
+}
+
+impl Replica {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn ready(&self) -> Option<String> {
+        get(self.port, "/readyz").and_then(|(s, b)| (s == 200).then_some(b))
+    }
+}
+
+fn rows(pg: &PgServer, db: &str, sql: &str) -> Vec<String> {
+    let mut r: Vec<String> = pg
+        .psql(db, &format!("SET TimeZone = 'UTC'; {sql}"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    r.sort();
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_survive_a_sigterm_of_the_leader_and_the_read_models_match_the_truth() {
+    let pg = PgServer::start().unwrap();
+    let redis = RedisServer::start().unwrap();
+    let (db, dsn) = pg.fresh_database().unwrap();
+    pg.psql(&db, &format!("{SCHEMA}\n{READ_MODELS}")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pgprism.toml");
+    std::fs::write(&config, EXAMPLE).unwrap();
+
+    let a = start_replica("a", &config, &dsn, &redis.url(), dir.path());
+    let leader = eventually_or(
+        "a leads and streams",
+        Duration::from_secs(30),
+        || a.ready().filter(|b| b.contains("leader")),
+        || a.log(),
+    );
+    assert!(leader.contains("leader"), "{}", a.log());
+    let mut b = start_replica("b", &config, &dsn, &redis.url(), dir.path());
+    eventually("b is a ready standby", Duration::from_secs(30), || {
+        b.ready().filter(|r| r.contains("standby"))
+    });
+
+    let writer = pg.client(&db).await.unwrap();
+    let workload = tokio::spawn(async move {
+        pgprism_testkit::shop::workload(&writer, 1_200, 21).await;
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, metrics) = get(a.port, "/metrics").expect("metrics of the leader");
+    assert_eq!(status, 200);
+    for name in METRICS {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
+    }
+    assert!(metrics.contains("pgprism_is_leader 1"), "{metrics}");
+
+    // SIGTERM the leader mid-run: it drains and exits 0; b takes over.
+    let mut a = a;
+    a.child.signal(Signal::Term).unwrap();
+    let stopped = Instant::now();
+    let code = a
+        .child
+        .wait_timeout(Duration::from_secs(15))
+        .expect("a exits within its shutdown deadline");
+    assert!(code.success(), "a exited with {code:?}:\n{}", a.log());
+    assert!(a.log().contains("lock released"), "{}", a.log());
+    eventually("b leads", Duration::from_secs(10), || {
+        b.ready().filter(|r| r.contains("leader"))
+    });
+    let takeover = stopped.elapsed();
+    eprintln!("standby streaming {takeover:?} after SIGTERM of the leader");
+    assert!(
+        takeover < Duration::from_secs(5),
+        "takeover took {takeover:?}"
+    );
+
+    workload.await.unwrap();
+    let truth = "SELECT * FROM order_read_model_truth";
+    let model = "SELECT * FROM order_read_model";
+    let start = Instant::now();
+    loop {
+        let (t, m) = (rows(&pg, &db, truth), rows(&pg, &db, model));
+        if t == m {
+            assert!(t.len() > 100, "orders left: {}", t.len());
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "order_read_model never matched the truth ({} vs {} rows)\n{}",
+            m.len(),
+            t.len(),
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Redis hashes agree with the ground truth too.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let truth_rows = pg
+        .psql(
+            &db,
+            "SET TimeZone = 'UTC'; SELECT id, coalesce(customer_name, ''), status, item_count, total_cents FROM order_read_model_truth",
+        )
+        .unwrap();
+    for line in truth_rows.lines() {
+        let f: Vec<&str> = line.split('|').collect();
+        let h: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("order:{}", f[0]))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            h.get("status").map(String::as_str),
+            Some(f[2]),
+            "order:{}",
+            f[0]
+        );
+        assert_eq!(h.get("item_count").map(String::as_str), Some(f[3]));
+        assert_eq!(h.get("total_cents").map(String::as_str), Some(f[4]));
+    }
+    let dead = pg
+        .psql(&db, "SELECT count(*) FROM pgprism.dead_letters")
+        .unwrap();
+    assert_eq!(dead.trim(), "0");
+    let (_, metrics) = get(b.port, "/metrics").expect("metrics of the new leader");
+    assert!(metrics.contains("pgprism_is_leader 1"), "{metrics}");
+    // Caught up and idle: the lag is 0.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, metrics) = get(b.port, "/metrics").unwrap();
+    let lag: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("pgprism_projection_lag_seconds{"))
+        .collect();
+    assert!(
+        !lag.is_empty() && lag.iter().all(|l| l.ends_with(" 0")),
+        "{lag:?}"
+    );
+
+    b.child.signal(Signal::Term).unwrap();
+    let code = b
+        .child
+        .wait_timeout(Duration::from_secs(15))
+        .expect("b exits");
+    assert!(code.success(), "{}", b.log());
+}
+
+#[test]
+fn config_errors_name_the_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            EXAMPLE.replace("[http]", "[http]\nport = 80"),
+            "config: http.port: unknown field `port`",
+        ),
+        (
+            EXAMPLE.replace("max_age = \"200ms\"", "max_age = \"a while\""),
+            "config: batch.max_age:",
+        ),
+        (
+            EXAMPLE.replace(
+                "sink = \"cache\"\nkey = \"customer",
+                "sink = \"redis\"\nkey = \"customer",
+            ),
+            "config: projections[1].targets[0].sink: no sink named \"redis\" (defined: cache, pg)",
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = pgprism().args(["run", "-c"]).arg(&path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(want), "want {want:?} in {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+    }
+}
