@@ -340,6 +340,22 @@ impl Config {
         Ok(())
     }
 
+    /// The projector's view of this configuration, writing as `epoch`.
+    pub fn projector(
+        &self,
+        epoch: pgprism_leader::Epoch,
+    ) -> anyhow::Result<pgprism_sink::ProjectorConfig> {
+        Ok(pgprism_sink::ProjectorConfig {
+            pipeline: self.pipeline.clone(),
+            epoch,
+            source: pgprism_decoder::stream::SourceDsn::parse(&self.source.dsn)?,
+            sinks: self.sinks.clone(),
+            projections: self.projections.clone(),
+            batch: self.batch.clone(),
+            takeover_after: self.leader.takeover_after,
+        })
+    }
+
     /// `leader.replay_window` in bytes.
     pub fn replay_window_bytes(&self) -> Result<u64, ConfigError> {
         parse_bytes(&self.leader.replay_window).ok_or_else(|| {

@@ -1,11 +1,15 @@
 //! `pgprism`: change-data-capture sidecar for Postgres. This binary wires the crates
 //! together; the commands live in their own modules.
 
+mod check;
 mod config;
 mod dlq;
 mod http;
 mod jsonl;
+mod replay;
 mod run;
+mod slot;
+mod status;
 mod tail;
 
 use std::io::IsTerminal;
@@ -38,6 +42,14 @@ enum Command {
     Run(run::RunArgs),
     /// Decode a replication slot and print one JSON object per change (JSONL).
     Tail(tail::TailArgs),
+    /// Show the leader, epoch, slot position, retained WAL, and each target's offset and lag.
+    Status(status::StatusArgs),
+    /// Re-apply changes from a saved LSN (refused if the slot no longer holds that WAL).
+    Replay(replay::ReplayArgs),
+    /// Check config, connectivity, wal_level, slots, publication and privileges.
+    Check(check::CheckArgs),
+    /// Manage the replication slot and the publication.
+    Slot(slot::SlotArgs),
     /// List dead letters (changes a target rejected), retry or discard them.
     Dlq(dlq::DlqArgs),
 }
@@ -60,6 +72,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Tail(args) => tail::run(args).await,
+            Command::Status(args) => status::run(args).await,
+            Command::Replay(args) => replay::run(args).await,
+            Command::Check(args) => check::run(args).await,
+            Command::Slot(args) => slot::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,
         }
     });

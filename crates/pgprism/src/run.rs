@@ -21,7 +21,7 @@ use pgprism_decoder::stream::{
 };
 use pgprism_leader::{Election, LeaderConfig, Leadership, slot};
 use pgprism_sink::drive::{DriveError, DriveOptions, drive};
-use pgprism_sink::{Class, LagClock, Projector, ProjectorConfig};
+use pgprism_sink::{Class, LagClock, Projector};
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
 
@@ -144,14 +144,14 @@ async fn lead(
     health: &http::Health,
 ) -> Outcome {
     let epoch = leadership.epoch();
-    let pcfg = ProjectorConfig {
-        pipeline: cfg.pipeline.clone(),
-        epoch,
-        source: dsn.clone(),
-        sinks: cfg.sinks.clone(),
-        projections: cfg.projections.clone(),
-        batch: cfg.batch.clone(),
-        takeover_after: cfg.leader.takeover_after,
+    let pcfg = match cfg.projector(epoch) {
+        Ok(p) => p,
+        Err(error) => {
+            return Outcome::Failed {
+                error,
+                retry: false,
+            };
+        }
     };
     let setup = async {
         let (client, conn) = dsn.sql_config().connect(NoTls).await.map_err(|e| {

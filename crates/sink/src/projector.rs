@@ -211,6 +211,204 @@ async fn primary_key(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Check every projection and target as [`Projector::start`] would, without writing
+/// anything or taking part: source tables, keys, replica identity, queries, sink
+/// connectivity, target tables and columns, the right to create pgprism's state tables.
+/// Every problem found, each with its fix.
+pub async fn check(cfg: &ProjectorConfig) -> Vec<SinkError> {
+    let mut problems = Vec::new();
+    if let Err(e) = validate(&cfg.sinks, &cfg.projections, &cfg.batch) {
+        problems.push(SinkError::config("config", e.to_string()));
+        return problems;
+    }
+    let source = match connect(&cfg.source.sql_config(), "source").await {
+        Ok(s) => s,
+        Err(e) => {
+            problems.push(e);
+            return problems;
+        }
+    };
+    let mut sinks_ok: BTreeMap<String, bool> = BTreeMap::new();
+    for (i, p) in cfg.projections.iter().enumerate() {
+        let resolved = match p.resolve(&format!("projections[{i}]")) {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(SinkError::config("config", e.to_string()));
+                continue;
+            }
+        };
+        let shape = match plan(&source, &resolved).await {
+            Ok((_, shape)) => shape,
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        };
+        for t in &p.targets {
+            let target = t.name_in(&p.name);
+            let Some(sink) = cfg.sinks.get(&t.sink) else {
+                continue;
+            };
+            match (sink.kind, &sink.dsn, &sink.url) {
+                (SinkKind::Postgres, Some(dsn), _) => {
+                    let result = async {
+                        let dsn = SourceDsn::parse(dsn)
+                            .map_err(|e| SinkError::config(&target, e.to_string()))?;
+                        let client = connect(&dsn.sql_config(), &target).await?;
+                        if sinks_ok.insert(t.sink.clone(), true).is_none() {
+                            let can: bool = client
+                                .query_one(
+                                    "SELECT CASE WHEN to_regnamespace('pgprism') IS NULL
+                                                 THEN has_database_privilege(current_database(), 'CREATE')
+                                                 ELSE has_schema_privilege('pgprism', 'CREATE, USAGE') END",
+                                    &[],
+                                )
+                                .await
+                                .map_err(SinkError::pg(&target, "checking privileges"))?
+                                .get(0);
+                            if !can {
+                                return Err(SinkError::config(
+                                    &target,
+                                    format!(
+                                        "user {:?} cannot create pgprism's state tables in sink {:?}; fix: GRANT CREATE ON DATABASE {} TO {} (or create schema pgprism for it)",
+                                        dsn.user(),
+                                        t.sink,
+                                        pgprism_decoder::stream::quote_ident(dsn.dbname()),
+                                        pgprism_decoder::stream::quote_ident(dsn.user())
+                                    ),
+                                ));
+                            }
+                        }
+                        let (schema, table) = table_of(&target, t.table.as_deref().unwrap_or(""))?;
+                        let table = PgTable::load(&client, &target, &schema, &table).await?;
+                        if let Some(shape) = &shape {
+                            table.check_shape(shape)?;
+                        }
+                        Ok(())
+                    }
+                    .await;
+                    if let Err(e) = result {
+                        problems.push(e);
+                    }
+                }
+                (SinkKind::Redis, _, Some(url)) => {
+                    if sinks_ok.insert(t.sink.clone(), true).is_some() {
+                        continue;
+                    }
+                    let result = async {
+                        let client = redis::Client::open(url.as_str())
+                            .map_err(SinkError::redis(&target, "parsing the Redis URL"))?;
+                        let mut conn = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            client.get_multiplexed_async_connection(),
+                        )
+                        .await
+                        .map_err(|_| {
+                            SinkError::config(
+                                &target,
+                                format!(
+                                    "Redis at {} did not answer within 5 s",
+                                    crate::spec::redact_url(url)
+                                ),
+                            )
+                        })?
+                        .map_err(SinkError::redis(&target, "connecting to Redis"))?;
+                        let _: String = redis::cmd("PING")
+                            .query_async(&mut conn)
+                            .await
+                            .map_err(SinkError::redis(&target, "PING"))?;
+                        Ok::<(), SinkError>(())
+                    }
+                    .await;
+                    if let Err(e) = result {
+                        problems.push(e);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    problems
+}
+
+/// The change mapping of a projection and its row shape, checked against the source's
+/// catalog (tables, keys, replica identity, the query).
+async fn plan(
+    source: &Client,
+    p: &Resolved,
+) -> Result<(Logic, Option<Arc<crate::batch::Shape>>), SinkError> {
+    let name = match p {
+        Resolved::Mirror(m) => &m.name,
+        Resolved::Query(q) => &q.name,
+    };
+    Ok(match p {
+        Resolved::Mirror(m) => {
+            let (schema, table) = table_of(name, &m.source)?;
+            let rel = catalog_relation(source, name, &schema, &table).await?;
+            let key = match &m.key {
+                Some(k) => k.clone(),
+                None => {
+                    let pk = primary_key(source, name, &schema, &table).await?;
+                    if pk.is_empty() {
+                        return Err(SinkError::config(
+                            name,
+                            format!(
+                                "{schema}.{table} has no primary key; set `key` to the columns that identify a row"
+                            ),
+                        ));
+                    }
+                    pk
+                }
+            };
+            let mut mirror = Mirror::new(m, schema, table, key);
+            let shape = mirror.shape(&Arc::new(rel))?;
+            (Logic::Mirror(mirror), Some(shape))
+        }
+        Resolved::Query(q) => {
+            let mut mappings = Vec::new();
+            for (table_name, ks) in &q.keys {
+                let (schema, table) = table_of(name, table_name)?;
+                let mapping = match (&ks.query, &ks.column, &ks.columns) {
+                    (Some(query), column, _) => {
+                        let column = match column {
+                            Some(c) => c.clone(),
+                            None => {
+                                let pk = primary_key(source, name, &schema, &table).await?;
+                                match pk.as_slice() {
+                                    [one] => one.clone(),
+                                    _ => {
+                                        return Err(SinkError::config(
+                                            name,
+                                            format!(
+                                                "keys.\"{table_name}\": the table has no single-column primary key; set `column` to the column passed as $1"
+                                            ),
+                                        ));
+                                    }
+                                }
+                            }
+                        };
+                        Mapping::FanOut {
+                            column,
+                            query: query.clone(),
+                        }
+                    }
+                    (None, Some(c), _) => Mapping::Columns(vec![c.clone()]),
+                    (None, None, Some(cs)) => Mapping::Columns(cs.clone()),
+                    (None, None, None) => unreachable!("validated"),
+                };
+                mappings.push((schema, table, mapping));
+            }
+            let mut query = QueryProjection::new(q, mappings.clone());
+            for (schema, table, _) in &mappings {
+                let rel = catalog_relation(source, name, schema, table).await?;
+                query.check_relation(&Arc::new(rel))?;
+            }
+            let shape = query.prepare(source).await?;
+            (Logic::Query(query), Some(shape))
+        }
+    })
+}
+
 fn table_of(projection: &str, name: &str) -> Result<(String, String), SinkError> {
     parse_table_name(name)
         .ok_or_else(|| SinkError::config(projection, format!("{name:?} is not a table name")))
@@ -242,73 +440,7 @@ impl Projector {
             };
             for t in targets {
                 let target = t.name_in(name);
-                let (logic, shape) = match &p {
-                    Resolved::Mirror(m) => {
-                        let (schema, table) = table_of(name, &m.source)?;
-                        let rel = catalog_relation(&source, name, &schema, &table).await?;
-                        let key = match &m.key {
-                            Some(k) => k.clone(),
-                            None => {
-                                let pk = primary_key(&source, name, &schema, &table).await?;
-                                if pk.is_empty() {
-                                    return Err(SinkError::config(
-                                        name,
-                                        format!(
-                                            "{schema}.{table} has no primary key; set `key` to the columns that identify a row"
-                                        ),
-                                    ));
-                                }
-                                pk
-                            }
-                        };
-                        let mut mirror = Mirror::new(m, schema, table, key);
-                        let shape = mirror.shape(&Arc::new(rel))?;
-                        (Logic::Mirror(mirror), Some(shape))
-                    }
-                    Resolved::Query(q) => {
-                        let mut mappings = Vec::new();
-                        for (table_name, ks) in &q.keys {
-                            let (schema, table) = table_of(name, table_name)?;
-                            let mapping = match (&ks.query, &ks.column, &ks.columns) {
-                                (Some(query), column, _) => {
-                                    let column = match column {
-                                        Some(c) => c.clone(),
-                                        None => {
-                                            let pk =
-                                                primary_key(&source, name, &schema, &table).await?;
-                                            match pk.as_slice() {
-                                                [one] => one.clone(),
-                                                _ => {
-                                                    return Err(SinkError::config(
-                                                        name,
-                                                        format!(
-                                                            "keys.\"{table_name}\": the table has no single-column primary key; set `column` to the column passed as $1"
-                                                        ),
-                                                    ));
-                                                }
-                                            }
-                                        }
-                                    };
-                                    Mapping::FanOut {
-                                        column,
-                                        query: query.clone(),
-                                    }
-                                }
-                                (None, Some(c), _) => Mapping::Columns(vec![c.clone()]),
-                                (None, None, Some(cs)) => Mapping::Columns(cs.clone()),
-                                (None, None, None) => unreachable!("validated"),
-                            };
-                            mappings.push((schema, table, mapping));
-                        }
-                        let mut query = QueryProjection::new(q, mappings.clone());
-                        for (schema, table, _) in &mappings {
-                            let rel = catalog_relation(&source, name, schema, table).await?;
-                            query.check_relation(&Arc::new(rel))?;
-                        }
-                        let shape = query.prepare(&source).await?;
-                        (Logic::Query(query), Some(shape))
-                    }
-                };
+                let (logic, shape) = plan(&source, &p).await?;
                 let sink = cfg.sinks.get(&t.sink).expect("validated");
                 let (writer, stored) = match (sink.kind, &sink.dsn, &sink.url) {
                     (SinkKind::Postgres, Some(dsn), _) => {
