@@ -161,10 +161,51 @@ impl Election {
                     std::future::pending::<()>().await;
                 }
             };
-            tokio::select! {
-                () = stop_requested => {}
-                () = tokio::time::sleep(self.cfg.retry_interval) => {}
+            match standby.take() {
+                // A standby queues for the lock for one retry interval: a leader that lets
+                // go (stops, crashes, loses its session) is followed at once, not at the
+                // next poll. Stopping drops the session, and any lock it got with it.
+                Some(session) => tokio::select! {
+                    () = stop_requested => {}
+                    attempt = self.wait_for_lock(session, key) => match attempt {
+                        Ok(Attempt::Lead(leadership)) => return Ok(Some(leadership)),
+                        Ok(Attempt::Standby(session)) => standby = Some(session),
+                        Err(e) => {
+                            tracing::warn!(error = %e, pipeline = %self.cfg.pipeline, "election attempt failed")
+                        }
+                    },
+                },
+                None => tokio::select! {
+                    () = stop_requested => {}
+                    () = tokio::time::sleep(self.cfg.retry_interval) => {}
+                },
             }
+        }
+    }
+
+    /// Wait up to one retry interval for the lock; then lead, or check for a stuck leader
+    /// and stay a standby.
+    async fn wait_for_lock(&self, session: Session, key: i64) -> Result<Attempt, LeaderError> {
+        let client = &session.client;
+        let wait_ms = self.cfg.retry_interval.as_millis().max(1);
+        client
+            .batch_execute(&format!("SET lock_timeout = '{wait_ms}ms'"))
+            .await
+            .map_err(LeaderError::db("waiting for the leader lock"))?;
+        let got = client
+            .query_one("SELECT pg_advisory_lock($1)", &[&key])
+            .await;
+        client
+            .batch_execute("RESET lock_timeout")
+            .await
+            .map_err(LeaderError::db("waiting for the leader lock"))?;
+        match got {
+            Ok(_) => self.lead_with(session).await,
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                self.replace_stuck_leader(client, key).await?;
+                Ok(Attempt::Standby(session))
+            }
+            Err(e) => Err(LeaderError::db("waiting for the leader lock")(e)),
         }
     }
 
@@ -197,6 +238,12 @@ impl Election {
             self.replace_stuck_leader(client, key).await?;
             return Ok(Attempt::Standby(session));
         }
+        self.lead_with(session).await
+    }
+
+    /// We hold the lock on `session`: take a new epoch and start the heartbeat.
+    async fn lead_with(&self, session: Session) -> Result<Attempt, LeaderError> {
+        let client = &session.client;
         let epoch = Epoch(
             client
                 .query_one(
