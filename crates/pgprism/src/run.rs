@@ -224,6 +224,8 @@ async fn lead(
         );
         tokio::pin!(driving);
         let mut stopping = false;
+        let give_up = tokio::time::sleep(Duration::MAX / 4);
+        tokio::pin!(give_up);
         loop {
             tokio::select! {
                 // Lost leadership wins: stop writing at once, abandoning the batch in flight.
@@ -232,8 +234,14 @@ async fn lead(
                 r = stop.wait_for(|s| *s), if !stopping => {
                     let _ = r;
                     stopping = true;
+                    give_up.as_mut().reset(tokio::time::Instant::now() + cfg.shutdown.deadline);
                     drive_stop_tx.send_replace(true);
                     tracing::info!("stopping: flushing the open batch");
+                }
+                () = &mut give_up, if stopping => {
+                    tracing::error!(deadline = ?cfg.shutdown.deadline,
+                        "shutdown deadline passed before the open batch was durable; exiting without it (the next leader re-applies it)");
+                    break Outcome::Stopped;
                 }
                 r = &mut driving => break match r {
                     Ok(()) => Outcome::Stopped,
@@ -249,7 +257,9 @@ async fn lead(
         h.abort();
     }
     if matches!(outcome, Outcome::Stopped) {
-        match stream.shutdown(cfg.shutdown.deadline).await {
+        // The final standby status update, within what is left of the deadline.
+        let left = cfg.shutdown.deadline / 2;
+        match stream.shutdown(left).await {
             Ok(lsn) => tracing::info!(acknowledged = %lsn, "final standby status sent"),
             Err(e) => tracing::warn!(error = %e, "final acknowledgement not confirmed"),
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use pgprism_decoder::Lsn;
 use pgprism_decoder::stream::{ReplicationStream, StreamError, StreamEvent};
 use pgprism_leader::slot::slot_ack;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::error::SinkError;
@@ -20,6 +20,9 @@ pub const IDLE_FLUSH_DELAY: Duration = Duration::from_millis(5);
 /// With nothing to flush, still flush this often: idle targets store their offsets (so
 /// status stays current) and carry out `pgprism dlq` requests.
 pub const IDLE_TICK: Duration = Duration::from_secs(1);
+
+/// Stream events decoded ahead of the projector (each chunk at most 4096 changes / 16 MiB).
+pub const READ_AHEAD: usize = 4;
 
 /// Why driving stopped.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,20 @@ pub async fn drive(
     mut on_flush: impl FnMut(&FlushReport),
 ) -> Result<(), DriveError> {
     let acker = stream.acker();
+    // Decoding overlaps sink writes: a reader fills a small bounded queue while a flush
+    // waits on the sinks, so memory stays bounded by the queue when a sink is slow.
+    let (tx, mut rx) = mpsc::channel::<Result<StreamEvent, StreamError>>(READ_AHEAD);
+    let reader = async {
+        loop {
+            let ev = stream.next().await;
+            let failed = ev.is_err();
+            if tx.send(ev).await.is_err() || failed {
+                break;
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::pin!(reader);
     let mut idle_at: Option<Instant> = None;
     let mut wal_end = Lsn(0);
     let mut last_flush = Instant::now();
@@ -60,7 +77,7 @@ pub async fn drive(
         opts.until
             .is_some_and(|u| p.ack_lsn() >= u || (wal_end >= u && !p.has_unflushed()))
     };
-    let result: Result<(), DriveError> = async {
+    let consume = async {
         loop {
             if *stop.borrow() || done(projector, wal_end) {
                 return Ok(());
@@ -83,7 +100,10 @@ pub async fn drive(
                     acker.ack(slot_ack(projector.ack_lsn(), opts.replay_window));
                     continue;
                 }
-                ev = stream.next() => ev?,
+                ev = rx.recv() => match ev {
+                    Some(ev) => ev?,
+                    None => return Err(DriveError::Stream(StreamError::Protocol("the stream reader stopped".into()))),
+                },
             };
             match ev {
                 StreamEvent::Chunk(chunk) => {
@@ -115,8 +135,11 @@ pub async fn drive(
                 StreamEvent::Message(_) => {}
             }
         }
-    }
-    .await;
+    };
+    let result: Result<(), DriveError> = tokio::select! {
+        r = consume => r,
+        () = &mut reader => unreachable!("the reader never ends by itself"),
+    };
     if result.is_ok() && projector.has_unflushed() {
         let report = projector.flush().await?;
         on_flush(&report);
