@@ -44,13 +44,16 @@ enum DlqCommand {
 
 #[derive(Debug, Args)]
 struct Select {
-    /// The database holding the dead letters: the Postgres sink (Postgres targets) or the
-    /// source (Redis targets).
-    #[arg(long, env = "PGPRISM_DLQ_DSN")]
-    dsn: String,
-    /// The pipeline.
-    #[arg(long, default_value = "pgprism")]
-    pipeline: String,
+    /// The configuration file: dead letters are read from every Postgres sink and, for
+    /// Redis targets, the source.
+    #[arg(short = 'c', long = "config", env = "PGPRISM_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// Instead of -c: the one database holding the dead letters.
+    #[arg(long, env = "PGPRISM_DLQ_DSN", conflicts_with = "config")]
+    dsn: Option<String>,
+    /// The pipeline (default: the config's, else "pgprism").
+    #[arg(long)]
+    pipeline: Option<String>,
     /// Only this target (`projection.sink` unless named).
     #[arg(long)]
     target: Option<String>,
@@ -67,28 +70,70 @@ impl Select {
         }
     }
 
-    async fn client(&self) -> anyhow::Result<tokio_postgres::Client> {
-        let dsn = SourceDsn::parse(&self.dsn)?;
-        let (client, conn) = dsn.sql_config().connect(NoTls).await.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot connect to Postgres at {}: {}",
-                dsn.target(),
-                pgprism_decoder::stream::pg_error_text(&e)
-            )
-        })?;
-        tokio::spawn(conn);
-        Ok(client)
+    /// The pipeline and the databases that may hold its dead letters.
+    fn places(&self) -> anyhow::Result<(String, Vec<String>)> {
+        match (&self.config, &self.dsn) {
+            (Some(path), _) => {
+                let cfg = crate::config::Config::load(path, std::env::vars())?;
+                let mut dsns: Vec<String> =
+                    cfg.sinks.values().filter_map(|s| s.dsn.clone()).collect();
+                dsns.push(cfg.source.dsn.clone());
+                dsns.dedup();
+                let mut seen = std::collections::BTreeSet::new();
+                dsns.retain(|d| seen.insert(d.clone()));
+                Ok((self.pipeline.clone().unwrap_or(cfg.pipeline), dsns))
+            }
+            (None, Some(dsn)) => Ok((
+                self.pipeline
+                    .clone()
+                    .unwrap_or_else(|| "pgprism".to_owned()),
+                vec![dsn.clone()],
+            )),
+            (None, None) => anyhow::bail!("give -c FILE (or PGPRISM_CONFIG), or --dsn"),
+        }
     }
+}
+
+async fn connect(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let dsn = SourceDsn::parse(dsn)?;
+    let (client, conn) = dsn.sql_config().connect(NoTls).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to Postgres at {}: {}",
+            dsn.target(),
+            pgprism_decoder::stream::pg_error_text(&e)
+        )
+    })?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// Whether the database has pgprism's dead-letter table.
+async fn has_table(client: &tokio_postgres::Client) -> anyhow::Result<bool> {
+    Ok(client
+        .query_one(
+            "SELECT to_regclass('pgprism.dead_letters') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0))
 }
 
 /// Run `pgprism dlq`.
 pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
     match args.command {
         DlqCommand::List { select, json } => {
-            let client = select.client().await?;
-            let letters = dead_letter::list(&client, &select.pipeline, &select.selection())
-                .await
-                .context("listing dead letters")?;
+            let (pipeline, places) = select.places()?;
+            let mut letters = Vec::new();
+            for dsn in &places {
+                let client = connect(dsn).await?;
+                if has_table(&client).await? {
+                    letters.extend(
+                        dead_letter::list(&client, &pipeline, &select.selection())
+                            .await
+                            .context("listing dead letters")?,
+                    );
+                }
+            }
             if json {
                 for l in &letters {
                     println!("{}", letter_json(l));
@@ -124,10 +169,16 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
 }
 
 async fn mark(select: &Select, action: Action) -> anyhow::Result<()> {
-    let client = select.client().await?;
-    let n = dead_letter::request(&client, &select.pipeline, &select.selection(), action)
-        .await
-        .context("marking dead letters")?;
+    let (pipeline, places) = select.places()?;
+    let mut n = 0;
+    for dsn in &places {
+        let client = connect(dsn).await?;
+        if has_table(&client).await? {
+            n += dead_letter::request(&client, &pipeline, &select.selection(), action)
+                .await
+                .context("marking dead letters")?;
+        }
+    }
     let verb = match action {
         Action::Retry => "retry",
         Action::Discard => "discard",

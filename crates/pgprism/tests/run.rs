@@ -254,6 +254,32 @@ async fn two_replicas_survive_a_sigterm_of_the_leader_and_the_read_models_match_
         "{lag:?}"
     );
 
+    // Stuck: Redis goes away, a change waits, and the lag grows until Redis is back.
+    let lag_now = |port: u16| -> f64 {
+        let (_, m) = get(port, "/metrics").unwrap();
+        m.lines()
+            .filter(|l| l.starts_with("pgprism_projection_lag_seconds{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .fold(0.0, f64::max)
+    };
+    redis.kill();
+    pg.psql(&db, "UPDATE customers SET name = name || ' (stuck)'")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let first = lag_now(b.port);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = lag_now(b.port);
+    assert!(
+        first >= 1.0 && second >= first + 1.0,
+        "lag grows while stuck: {first} then {second}"
+    );
+    redis.restart().unwrap();
+    eventually(
+        "lag back to 0 once Redis is back",
+        Duration::from_secs(30),
+        || (lag_now(b.port) == 0.0).then_some(()),
+    );
+
     b.child.signal(Signal::Term).unwrap();
     let code = b
         .child
