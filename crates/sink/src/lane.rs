@@ -246,7 +246,12 @@ impl Lane {
     }
 
     /// Fold one change in.
-    pub(crate) fn push(&mut self, kind: &ChangeKind, pos: Position) -> Result<(), SinkError> {
+    pub(crate) fn push(
+        &mut self,
+        kind: &ChangeKind,
+        pos: Position,
+        xid: u32,
+    ) -> Result<(), SinkError> {
         match &mut self.logic {
             Logic::Mirror(m) => {
                 let shape = match &self.shape {
@@ -265,7 +270,7 @@ impl Lane {
                     .pending
                     .get_or_insert_with(|| Pending::Keys(KeySet::default()));
                 if let Pending::Keys(k) = pending {
-                    q.touch(kind, pos, k)?;
+                    q.touch(kind, pos, xid, k)?;
                 }
             }
         }

@@ -564,7 +564,7 @@ impl Projector {
                     lane.flush(before, self.last_end).await?;
                     lane.shape_change(&change.kind)?;
                 }
-                lane.push(&change.kind, pos)?;
+                lane.push(&change.kind, pos, chunk.txn.xid)?;
             }
         }
         for ((table, op), n) in counts {

@@ -65,6 +65,9 @@ pub struct KeySet {
     pub everything: bool,
     /// The last position folded in.
     pub last: Option<Position>,
+    /// Transaction ids of the changes folded in: the recompute waits until they are
+    /// visible to its snapshot.
+    pub xids: std::collections::BTreeSet<u32>,
 }
 
 impl KeySet {
@@ -206,8 +209,10 @@ impl QueryProjection {
         &mut self,
         kind: &ChangeKind,
         pos: Position,
+        xid: u32,
         keys: &mut KeySet,
     ) -> Result<(), SinkError> {
+        keys.xids.insert(xid);
         let (relation, tuples, op): (&Arc<Relation>, Vec<&TupleData>, &'static str) = match kind {
             ChangeKind::Insert { relation, new } => (relation, vec![new], "insert"),
             ChangeKind::Update { relation, old, new } => {
@@ -293,11 +298,25 @@ impl QueryProjection {
                 .collect();
             let refs: Vec<&(dyn ToSql + Sync)> =
                 params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-            match source
+            // Inside the snapshot's transaction: a failing query must not abort it.
+            source
+                .batch_execute("SAVEPOINT pgprism_recompute")
+                .await
+                .map_err(SinkError::pg(&self.name, "running the projection query"))?;
+            let result = source
                 .query(wrapped, &refs)
                 .await
-                .map_err(SinkError::pg(&self.name, "running the projection query"))
-            {
+                .map_err(SinkError::pg(&self.name, "running the projection query"));
+            let end = if result.is_ok() {
+                "RELEASE SAVEPOINT pgprism_recompute"
+            } else {
+                "ROLLBACK TO SAVEPOINT pgprism_recompute; RELEASE SAVEPOINT pgprism_recompute"
+            };
+            source
+                .batch_execute(end)
+                .await
+                .map_err(SinkError::pg(&self.name, "running the projection query"))?;
+            match result {
                 Ok(r) => rows.extend(r),
                 Err(e) if e.class() == Class::Row => {
                     if keys.len() == 1 {
@@ -320,6 +339,13 @@ impl QueryProjection {
     /// table was truncated) on the source: upserts for rows the query returns, deletes
     /// for keys it no longer returns. Keys the query fails for (a value error in the
     /// query for that key) come back apart, for the dead letters.
+    ///
+    /// **Visibility.** Postgres can hand a commit to logical decoding a moment before the
+    /// transaction becomes visible to other sessions (the commit record is flushed before
+    /// the transaction leaves the proc array). Reading the source then would miss it, and
+    /// nothing would recompute the key again. So the fan-out and projection queries run in
+    /// one REPEATABLE READ snapshot taken only once every transaction of the batch is
+    /// visible in it (`pg_visible_in_snapshot`).
     pub async fn resolve(
         &mut self,
         source: &Client,
@@ -327,6 +353,68 @@ impl QueryProjection {
         existing: Vec<Key>,
     ) -> Result<(Batch, Vec<(Key, Entry, SinkError)>), SinkError> {
         let shape = self.prepare(source).await?;
+        let xids: Vec<i64> = keys.xids.iter().map(|&x| i64::from(x)).collect();
+        let started = std::time::Instant::now();
+        loop {
+            source
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+                .map_err(SinkError::pg(&self.name, "taking a snapshot of the source"))?;
+            let running: i64 = match source
+                .query_one(
+                    // Widen each 32-bit xid to the xid8 nearest the snapshot's xmax (it is
+                    // recent), then ask the snapshot: an xid at or past xmax, or in the
+                    // in-progress list, is not visible yet.
+                    "WITH s AS (SELECT pg_current_snapshot() AS snap),
+                          m AS (SELECT pg_snapshot_xmax(snap)::text::int8 AS xmax FROM s)
+                     SELECT count(*) FROM s, m, unnest($1::int8[]) AS x(xid)
+                      WHERE NOT pg_visible_in_snapshot(
+                              (m.xmax - (((m.xmax % 4294967296) - x.xid + 6442450944) % 4294967296
+                                         - 2147483648))::text::xid8,
+                              s.snap)",
+                    &[&xids],
+                )
+                .await
+            {
+                Ok(r) => r.get(0),
+                Err(e) => {
+                    let _ = source.batch_execute("ROLLBACK").await;
+                    return Err(SinkError::pg(&self.name, "taking a snapshot of the source")(e));
+                }
+            };
+            if running == 0 {
+                break;
+            }
+            let _ = source.batch_execute("ROLLBACK").await;
+            if started.elapsed() > std::time::Duration::from_secs(30) {
+                return Err(SinkError::Restart {
+                    target: self.name.clone(),
+                    message: "transactions decoded 30 s ago are still not visible on the source"
+                        .to_owned(),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let result = self
+            .resolve_in_snapshot(source, shape, keys, existing)
+            .await;
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let ended = source
+            .batch_execute(end)
+            .await
+            .map_err(SinkError::pg(&self.name, "ending the source snapshot"));
+        let out = result?;
+        ended?;
+        Ok(out)
+    }
+
+    async fn resolve_in_snapshot(
+        &mut self,
+        source: &Client,
+        shape: Arc<Shape>,
+        keys: KeySet,
+        existing: Vec<Key>,
+    ) -> Result<(Batch, Vec<(Key, Entry, SinkError)>), SinkError> {
         let wrapped = self
             .prepared
             .as_ref()

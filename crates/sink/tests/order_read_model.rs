@@ -269,3 +269,81 @@ key = "ratio:{id}"
         .unwrap();
     assert_eq!(per_item.as_deref(), Some("500"));
 }
+
+/// Postgres can hand a commit to logical decoding before other sessions see the
+/// transaction (its commit record is flushed before it leaves the proc array). Here that
+/// moment is stretched on purpose: the writer waits for a synchronous standby that does
+/// not exist, after its commit is already decoded, until it is cancelled. A recompute
+/// that read the source meanwhile would project the old state, and nothing would ever
+/// correct it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recompute_waits_until_the_decoded_transaction_is_visible() {
+    let pg = pgprism_testkit::PgServer::builder()
+        .setting("synchronous_standby_names", "ghost")
+        .setting("synchronous_commit", "local")
+        .start()
+        .unwrap();
+    let env = Env::with_servers(
+        &format!("{SCHEMA}\n{READ_MODELS}"),
+        pg,
+        pgprism_testkit::RedisServer::start().unwrap(),
+    );
+    let cfg = env.config(vec![projection(&order_read_model_toml())], 1);
+    env.sql(
+        "INSERT INTO customers VALUES ('00000000-0000-0000-0000-00000000000c', 'c', 'c@x');
+         INSERT INTO orders (id, customer_id) VALUES ('00000000-0000-0000-0000-000000000001', '00000000-0000-0000-0000-00000000000c');",
+    );
+    let (mut projector, _) = env.run(&cfg, 0).await;
+    assert_eq!(
+        env.rows("SELECT status FROM order_read_model").await,
+        [["pending".to_owned()]]
+    );
+
+    // The writer's commit is decodable at once but stays invisible until it is cancelled.
+    let writer = env.client().await;
+    let writer_pid: i32 = writer
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let update = tokio::spawn(async move {
+        writer
+            .batch_execute(
+                "SET synchronous_commit = on;
+                 UPDATE orders SET status = 'confirmed' WHERE id = '00000000-0000-0000-0000-000000000001'",
+            )
+            .await
+    });
+    let cancel = {
+        let admin = env.client().await;
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            admin
+                .execute("SELECT pg_cancel_backend($1)", &[&writer_pid])
+                .await
+                .unwrap();
+        })
+    };
+    // Decoded while invisible: the pipeline must not project 'pending' and move on.
+    let until: pgprism_decoder::Lsn = env
+        .sql("SELECT pg_current_wal_insert_lsn()")
+        .trim()
+        .parse()
+        .unwrap();
+    let mut until = until;
+    until.0 += 1;
+    env.run_until(&mut projector, 0, until).await;
+    cancel.await.unwrap();
+    let _ = update.await.unwrap();
+    assert_eq!(
+        env.rows("SELECT status FROM orders").await,
+        [["confirmed".to_owned()]],
+        "the update committed locally"
+    );
+    env.run_with(&mut projector, 0).await;
+    assert_same(
+        &env.rows(MODEL).await,
+        &env.rows(TRUTH).await,
+        "order_read_model after an invisible-at-decode transaction",
+    );
+}

@@ -73,7 +73,10 @@ impl Env {
     }
 
     pub fn with_redis(schema: &str, redis: RedisServer) -> Env {
-        let pg = PgServer::start().expect("start postgres");
+        Env::with_servers(schema, PgServer::start().expect("start postgres"), redis)
+    }
+
+    pub fn with_servers(schema: &str, pg: PgServer, redis: RedisServer) -> Env {
         let (db, dsn) = pg.fresh_database().expect("database");
         let env = Env { pg, redis, db, dsn };
         env.sql(schema);
