@@ -279,18 +279,33 @@ impl Election {
     /// Refuse to share a lock key with another pipeline (it would make them exclude each
     /// other, and their leaders' epochs would be unrelated).
     async fn register_key(&self, client: &Client, key: i64) -> Result<(), LeaderError> {
-        let row = client
-            .query_one(
-                "WITH ins AS (
-                     INSERT INTO pgprism.lock_keys (key, pipeline) VALUES ($1, $2)
-                     ON CONFLICT DO NOTHING RETURNING pipeline)
-                 SELECT pipeline FROM ins
-                 UNION ALL SELECT pipeline FROM pgprism.lock_keys WHERE key = $1
-                 LIMIT 1",
-                &[&key, &self.cfg.pipeline],
-            )
-            .await
-            .map_err(LeaderError::db("registering the lock key"))?;
+        // Two replicas starting together: the insert of one waits for the other's and then
+        // does nothing, while its statement's snapshot cannot see the other's row yet — an
+        // empty answer. The next statement sees it.
+        let mut row = None;
+        for _ in 0..3 {
+            row = client
+                .query_opt(
+                    "WITH ins AS (
+                         INSERT INTO pgprism.lock_keys (key, pipeline) VALUES ($1, $2)
+                         ON CONFLICT DO NOTHING RETURNING pipeline)
+                     SELECT pipeline FROM ins
+                     UNION ALL SELECT pipeline FROM pgprism.lock_keys WHERE key = $1
+                     LIMIT 1",
+                    &[&key, &self.cfg.pipeline],
+                )
+                .await
+                .map_err(LeaderError::db("registering the lock key"))?;
+            if row.is_some() {
+                break;
+            }
+        }
+        let Some(row) = row else {
+            return Err(LeaderError::Corrupt {
+                sink: "pgprism.lock_keys".to_owned(),
+                detail: format!("lock key {key} neither inserted nor found"),
+            });
+        };
         let owner: String = row.get(0);
         if owner != self.cfg.pipeline {
             return Err(LeaderError::LockKeyCollision {

@@ -97,6 +97,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics::gauge!("pgprism_epoch").set(epoch.0 as f64);
         let outcome = lead(&cfg, &dsn, &mut leadership, stop.clone(), &health).await;
         metrics::gauge!("pgprism_is_leader").set(0.0);
+        // A standby reports no lag or slot of its own: the leader's numbers are the truth.
+        for p in &cfg.projections {
+            for t in &p.targets {
+                metrics::gauge!("pgprism_projection_lag_seconds", "projection" => p.name.clone(), "sink" => t.sink.clone()).set(0.0);
+            }
+        }
+        metrics::gauge!("pgprism_replication_lag_bytes").set(0.0);
+        metrics::gauge!("pgprism_slot_retained_wal_bytes").set(0.0);
         health.leading.store(false, Ordering::Relaxed);
         match outcome {
             Outcome::Stopped => {
@@ -260,7 +268,8 @@ async fn lead(
         // The final standby status update, within what is left of the deadline.
         let left = cfg.shutdown.deadline / 2;
         match stream.shutdown(left).await {
-            Ok(lsn) => tracing::info!(acknowledged = %lsn, "final standby status sent"),
+            Ok(lsn) => tracing::info!(durable = %projector.ack_lsn(), acknowledged = %lsn,
+                replay_window_bytes = replay_window, "final standby status sent (the replay window holds the acknowledgement back)"),
             Err(e) => tracing::warn!(error = %e, "final acknowledgement not confirmed"),
         }
     }
