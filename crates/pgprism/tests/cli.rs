@@ -177,8 +177,7 @@ async fn slot_status_and_replay_from_the_command_line() {
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);
     assert!(
-        said.contains("order_read_model.pg: rewound from")
-            && said.contains(&format!("to {saved}")),
+        said.contains("order_read_model.pg: rewound from") && said.contains(&format!("to {saved}")),
         "{said}"
     );
     assert!(said.contains("took epoch 2"), "{said}");
