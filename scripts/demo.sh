@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The demo: installs what is missing, builds pgprism, starts a throwaway Postgres with the
-# example schema in sql/, streams a live order workload through `pgprism tail`, crashes
-# Postgres mid-run, and checks that every committed change arrived exactly once.
+# The demo: installs what is missing, builds pgprism, starts a throwaway Postgres and Redis
+# with the example schema in sql/, runs two `pgprism run` replicas under a steady order
+# workload, kills the leader (kill -9) and stops the next one (SIGTERM) mid-run, and checks
+# the read models in Postgres and Redis against the ground truth. Exits nonzero if a check
+# fails. See crates/pgprism/examples/demo.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh

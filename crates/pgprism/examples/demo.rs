@@ -1,321 +1,818 @@
-//! The README's demo: a throwaway Postgres with the example shop schema, an order
-//! workload, and `pgprism tail` streaming the changes — with a crash of Postgres in the
-//! middle and a check at the end that every committed change arrived exactly once.
+//! The README's demo (`bash scripts/demo.sh`): a throwaway Postgres and Redis, two
+//! `pgprism run` replicas keeping `order_read_model` (Postgres) and `order:{id}` hashes
+//! (Redis) up to date, a steady order workload — with the leader killed (`kill -9`) in
+//! the middle, the killed replica rejoining, and the new leader stopped with SIGTERM —
+//! then the read models checked row for row against the ground truth.
 //!
-//! Run through `bash scripts/demo.sh`, which installs what is missing and builds first.
+//! Exits nonzero when a check fails. The replicas log to files in a temp dir that is
+//! kept, and named at the end.
 
-use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+#[path = "demo/replica.rs"]
+mod replica;
+#[path = "demo/verify.rs"]
+mod verify;
+#[path = "demo/workload.rs"]
+mod workload;
 
-use pgprism_testkit::{ChildGuard, PgServer, Signal, StopMode};
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-const RUN_FOR: Duration = Duration::from_secs(12);
-const CRASH_AT: Duration = Duration::from_secs(5);
+use pgprism_testkit::{PgServer, RedisServer};
+use replica::{Launch, Replica, Role};
+use tokio::sync::{mpsc, watch};
 
-#[derive(Default)]
-struct Seen {
-    per_table_op: BTreeMap<(String, String), u64>,
-    /// (table, key) of every insert, to check exactly-once at the end.
-    inserted: Vec<(String, String)>,
-    lags_ms: Vec<f64>,
-    last: Vec<String>,
+/// Transactions a second.
+const RATE: f64 = 50.0;
+/// How long the workload runs.
+const RUN_FOR: Duration = Duration::from_secs(18);
+/// When the leader is killed with SIGKILL.
+const KILL_AT: Duration = Duration::from_secs(6);
+/// When the killed replica is started again.
+const REJOIN_AT: Duration = Duration::from_secs(9);
+/// When the leader then is stopped with SIGTERM.
+const TERM_AT: Duration = Duration::from_secs(13);
+/// A takeover slower than this fails the demo.
+const TAKEOVER_LIMIT: Duration = Duration::from_secs(15);
+/// How long the read models may take to catch up after the workload.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(30);
+/// Read models unchanged this long, with the leader idle, will not change any more.
+const SETTLED: Duration = Duration::from_secs(3);
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    tokio::select! {
+        r = demo() => match r {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                println!("\n✘ the demo could not run: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        // Dropping the demo stops the servers and the replicas.
+        _ = tokio::signal::ctrl_c() => {
+            println!("\ninterrupted: stopping the servers");
+            ExitCode::from(130)
+        }
+    }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let pgprism = std::env::current_exe()?
+/// Something that happened in the background while the timeline runs.
+#[derive(Debug)]
+enum Event {
+    /// Replica `who` reports `ready (leader)`, `after` the leader was stopped by `how`.
+    Leads {
+        who: usize,
+        after: Duration,
+        how: &'static str,
+    },
+    /// Nobody took over within the limit.
+    NoTakeover { how: &'static str },
+    /// Replica `who` reports `ready (standby)` `after` it was started.
+    Standby { who: usize, after: Option<Duration> },
+    /// Replica `who` exited `after` SIGTERM.
+    Exited {
+        who: usize,
+        code: Option<i32>,
+        after: Duration,
+    },
+}
+
+/// One failover, for the summary.
+#[derive(Debug)]
+struct Failover {
+    how: &'static str,
+    from: &'static str,
+    at: Duration,
+    to: Option<&'static str>,
+    after: Option<Duration>,
+    epoch: Option<i64>,
+}
+
+/// The checks, in the order they are printed: passed, what, detail, examples of failures.
+#[derive(Default)]
+struct Checks(Vec<(bool, String, String, Vec<String>)>);
+
+impl Checks {
+    fn add(&mut self, ok: bool, what: impl Into<String>, detail: impl Into<String>) {
+        self.0.push((ok, what.into(), detail.into(), Vec::new()));
+    }
+
+    /// Show the first few of `examples` under the last check.
+    fn note(&mut self, examples: &[String]) {
+        if let Some(last) = self.0.last_mut() {
+            last.3.extend(examples.iter().take(3).cloned());
+            if examples.len() > 3 {
+                last.3.push(format!("… and {} more", examples.len() - 3));
+            }
+        }
+    }
+
+    fn passed(&self) -> bool {
+        self.0.iter().all(|(ok, _, _, _)| *ok)
+    }
+}
+
+async fn demo() -> Result<bool, Error> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let bin = std::env::current_exe()?
         .parent()
-        .and_then(|p| p.parent())
+        .and_then(Path::parent)
         .map(|p| p.join("pgprism"))
-        .ok_or("cannot locate the pgprism binary")?;
+        .filter(|p| p.exists())
+        .ok_or("no pgprism binary next to the demo: run it with `bash scripts/demo.sh`")?;
+    let dir = tempfile::Builder::new()
+        .prefix("pgprism-demo.")
+        .tempdir()?
+        .keep();
 
-    step("starting a throwaway Postgres (wal_level=logical)");
+    step("throwaway Postgres and Redis (crates/testkit)");
+    let t = Instant::now();
     let pg = PgServer::start()?;
-    let (db, dsn) = pg.fresh_database()?;
+    let dsn = pg.create_database("shop")?;
     for file in ["sql/schema.sql", "sql/read_models.sql"] {
-        pg.psql(&db, &std::fs::read_to_string(root.join(file))?)?;
+        pg.psql("shop", &std::fs::read_to_string(root.join(file))?)?;
     }
-    pg.psql(
-        &db,
-        "INSERT INTO customers (name, email) SELECT 'customer ' || g, 'c' || g || '@example.com' FROM generate_series(1, 50) g;
-         INSERT INTO products (name, price_cents) SELECT 'product ' || g, 100 * g FROM generate_series(1, 20) g;",
-    )?;
+    let redis = RedisServer::start()?;
     println!(
-        "   {} on port {}, schema from sql/ loaded",
-        pgprism_decoder::stream::redact_dsn(&dsn),
-        pg.port()
+        "   postgres   {:<44} wal_level=logical; sql/schema.sql, sql/read_models.sql loaded",
+        pgprism_decoder::stream::redact_dsn(&dsn)
     );
+    println!("   redis      {}", redis.url());
+    println!("   started in {}", dur(t.elapsed()));
 
-    step("starting `pgprism tail` (creates the slot and the publication)");
-    let mut child = Command::new(&pgprism)
-        .args([
-            "tail",
-            "--dsn",
-            &dsn,
-            "--slot",
-            "demo",
-            "--publication",
-            "demo",
-            "--create-slot",
-            "--tables",
-            "public.customers,public.products,public.orders,public.order_items",
-            "--log",
-            "info",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
-    let tail = ChildGuard::new(child);
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let reader = {
-        let seen = seen.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                let table = v["table"].as_str().unwrap_or("").to_owned();
-                let op = v["op"].as_str().unwrap_or("").to_owned();
-                let mut s = seen.lock().unwrap();
-                if let Some(ms) = v["commit_time"].as_str().and_then(lag_ms) {
-                    s.lags_ms.push(ms);
-                }
-                if op == "insert" {
-                    s.inserted.push((table.clone(), v["key"]["id"].to_string()));
-                }
-                *s.per_table_op
-                    .entry((table.clone(), op.clone()))
-                    .or_default() += 1;
-                s.last.push(format!("{op:>6} {table:<12} {}", short(&v)));
-                if s.last.len() > 3 {
-                    s.last.remove(0);
-                }
-            }
-        })
+    step("two `pgprism run` replicas");
+    let config = dir.join("pgprism.toml");
+    std::fs::copy(root.join("pgprism.example.toml"), &config)?;
+    let launch = Launch {
+        bin,
+        config: config.clone(),
+        dsn: dsn.clone(),
+        redis_url: redis.url(),
+        dir: dir.clone(),
     };
-    let logs = Arc::new(Mutex::new(Vec::<String>::new()));
-    {
-        let logs = logs.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                logs.lock().unwrap().push(line);
-            }
-        });
+    let mut replicas = vec![Replica::start("a", &launch)?];
+    let (_, a_after) = wait_role(&replicas[..1], Role::Leader, Duration::from_secs(30))
+        .await
+        .ok_or_else(|| {
+            format!(
+                "replica a did not lead within 30 s; see {}",
+                replicas[0].log.display()
+            )
+        })?;
+    replicas.push(Replica::start("b", &launch)?);
+    let (_, b_after) = wait_role(&replicas[1..], Role::Standby, Duration::from_secs(30))
+        .await
+        .ok_or_else(|| {
+            format!(
+                "replica b did not become a standby within 30 s; see {}",
+                replicas[1].log.display()
+            )
+        })?;
+    println!(
+        "   config     {}  (pgprism.example.toml; DSNs, Redis URL, http.bind, replica id from PGPRISM_* variables)",
+        config.display()
+    );
+    for (r, role, after) in [
+        (&replicas[0], "ready (leader)", a_after),
+        (&replicas[1], "ready (standby)", b_after),
+    ] {
+        println!(
+            "   replica {}  pid {:<7}  http://127.0.0.1:{:<5}  {:<15} in {:>7}   log {}",
+            r.name,
+            r.pid().unwrap_or(0),
+            r.port,
+            role,
+            dur(after),
+            r.log.display()
+        );
     }
-    wait_until(Duration::from_secs(30), || {
-        logs.lock().unwrap().iter().any(|l| l.contains("streaming"))
-    })?;
+    let c = pg.client("shop").await?;
+    if let Some((epoch, leader)) = pipeline(&c).await? {
+        println!("   pgprism.pipelines: pipeline \"shop\", epoch {epoch}, leader {leader}");
+    }
 
     step(&format!(
-        "driving an order workload for {}s; Postgres is killed (pg_ctl restart -m immediate) at {}s",
-        RUN_FOR.as_secs(),
-        CRASH_AT.as_secs()
+        "order workload: the shop mix at {RATE:.0} txn/s for {} s",
+        RUN_FOR.as_secs()
     ));
-    let stop = Arc::new(AtomicBool::new(false));
-    let committed = Arc::new(AtomicU64::new(0));
-    let workload = {
-        let (stop, committed) = (stop.clone(), committed.clone());
-        let psql = pgprism_testkit::bin_dir()?.join("psql");
-        let dsn = dsn.clone();
-        thread::spawn(move || workload(&psql, &dsn, &stop, &committed))
-    };
-    let started = Instant::now();
-    let mut crashed = false;
     println!(
-        "   {:>4}  {:>8}  {:>8}  {:>10}  {:>10}",
-        "t", "txns", "changes", "lag p50", "lag max"
+        "   kill -9 of the leader at {} s, it rejoins at {} s; SIGTERM of the new leader at {} s",
+        KILL_AT.as_secs(),
+        REJOIN_AT.as_secs(),
+        TERM_AT.as_secs()
     );
-    while started.elapsed() < RUN_FOR {
-        thread::sleep(Duration::from_secs(1));
-        if !crashed && started.elapsed() >= CRASH_AT {
-            crashed = true;
-            let t = Instant::now();
-            pg.restart(StopMode::Immediate)?;
-            println!(
-                "   ---- Postgres crashed and restarted in {:.1?}; tail reconnects by itself ----",
-                t.elapsed()
-            );
+    println!(
+        "   {:>5}  {:>6}  {:>8}  {:>9}  {:>10}  {:>19}  {:<6}",
+        "t", "txn/s", "orders/s", "changes/s", "lag", "commit → read model", "leader"
+    );
+    println!(
+        "   {:>5}  {:>6}  {:>8}  {:>9}  {:>10}  {:>8}  {:>8}  {:<6}",
+        "", "", "", "decoded", "(metric)", "p50", "max", ""
+    );
+    let progress = workload::Shared::default();
+    let start = Instant::now();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let writer = tokio::spawn(workload::drive(
+        pg.client("shop").await?,
+        RATE,
+        start + RUN_FOR,
+        20_260_000,
+        progress.clone(),
+    ));
+    let watcher = tokio::spawn(workload::watch_read_model(
+        pg.client("shop").await?,
+        progress.clone(),
+        start,
+        stop_rx,
+    ));
+    let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
+    let mut failovers: Vec<Failover> = Vec::new();
+    let mut stopped: Vec<(&'static str, Option<i32>, Duration)> = Vec::new();
+    let mut lag_samples: Vec<f64> = Vec::new();
+    let mut decoded: HashMap<(&'static str, u32), f64> = HashMap::new();
+    let mut decoded_total = 0.0;
+    let (mut last_txns, mut last_orders, mut last_seen) = (0u64, 0u64, 0usize);
+    let mut actions = vec![(KILL_AT, "kill"), (REJOIN_AT, "rejoin"), (TERM_AT, "term")];
+    let mut killed: Option<usize> = None;
+    let mut second = 1u64;
+    loop {
+        let next_row = start + Duration::from_secs(second);
+        let next = actions
+            .first()
+            .map_or(next_row, |(at, _)| next_row.min(start + *at));
+        tokio::select! {
+            Some(ev) = events.recv() => {
+                let t = start.elapsed();
+                match ev {
+                    Event::Leads { who, after, how } => {
+                        let epoch = pipeline(&c).await?.map(|(e, _)| e);
+                        if let Some(f) = failovers.iter_mut().rev().find(|f| f.how == how && f.to.is_none()) {
+                            f.to = Some(replicas[who].name);
+                            f.after = Some(after);
+                            f.epoch = epoch;
+                        }
+                        event(t, &format!(
+                            "{} leads (epoch {}): takeover {} after the {how}",
+                            replicas[who].name,
+                            epoch.map_or("?".to_owned(), |e| e.to_string()),
+                            dur(after)
+                        ));
+                    }
+                    Event::NoTakeover { how } => event(t, &format!(
+                        "no replica took over within {} of the {how}", dur(TAKEOVER_LIMIT)
+                    )),
+                    Event::Standby { who, after } => match after {
+                        Some(after) => event(t, &format!(
+                            "{} is back: ready (standby) {} after its start", replicas[who].name, dur(after)
+                        )),
+                        None => event(t, &format!("{} did not come back as a standby", replicas[who].name)),
+                    },
+                    Event::Exited { who, code, after } => {
+                        stopped.push((replicas[who].name, code, after));
+                        event(t, &format!(
+                            "{} exited with {} {} after SIGTERM",
+                            replicas[who].name,
+                            code.map_or("a signal".to_owned(), |c| format!("code {c}")),
+                            dur(after)
+                        ));
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(next.into()) => {
+                if actions.first().is_some_and(|(at, _)| start + *at <= Instant::now()) {
+                    let (_, what) = actions.remove(0);
+                    let t = start.elapsed();
+                    let leader = tokio::task::block_in_place(|| {
+                        replicas.iter().position(|r| r.role() == Role::Leader)
+                    });
+                    match (what, leader) {
+                        ("kill", Some(i)) => {
+                            let pid = replicas[i].pid().unwrap_or(0);
+                            replicas[i].kill()?;
+                            killed = Some(i);
+                            event(t, &format!("kill -9 {} (pid {pid}), the leader", replicas[i].name));
+                            failovers.push(Failover { how: "kill -9", from: replicas[i].name, at: t, to: None, after: None, epoch: None });
+                            takeover_watch(&replicas, i, "kill -9", events_tx.clone());
+                        }
+                        ("rejoin", _) => if let Some(i) = killed {
+                            replicas[i].restart()?;
+                            event(t, &format!("{} started again (pid {})", replicas[i].name, replicas[i].pid().unwrap_or(0)));
+                            let (port, tx) = (replicas[i].port, events_tx.clone());
+                            tokio::task::spawn_blocking(move || {
+                                let after = replica::wait_for_role(&[port], Role::Standby, Duration::from_secs(30)).map(|(_, d)| d);
+                                let _ = tx.send(Event::Standby { who: i, after });
+                            });
+                        },
+                        ("term", Some(i)) => {
+                            let child = replicas[i].terminate()?;
+                            let signalled = Instant::now();
+                            event(t, &format!("SIGTERM {}, the leader", replicas[i].name));
+                            failovers.push(Failover { how: "SIGTERM", from: replicas[i].name, at: t, to: None, after: None, epoch: None });
+                            takeover_watch(&replicas, i, "SIGTERM", events_tx.clone());
+                            if let Some(child) = child {
+                                let tx = events_tx.clone();
+                                tokio::task::spawn_blocking(move || {
+                                    let (status, after) = replica::wait_exit(child, signalled, Duration::from_secs(20));
+                                    let _ = tx.send(Event::Exited { who: i, code: status.and_then(|s| s.code()), after });
+                                });
+                            }
+                        }
+                        (what, None) => event(t, &format!("no leader to {what}")),
+                        _ => {}
+                    }
+                    continue;
+                }
+                // One line a second.
+                let (leader, metrics) = tokio::task::block_in_place(|| {
+                    let leader = replicas.iter().find(|r| r.role() == Role::Leader);
+                    (leader.map(|r| (r.name, r.starts)), leader.and_then(Replica::metrics))
+                });
+                let lag = metrics.as_ref().and_then(|m| m.max("pgprism_projection_lag_seconds"));
+                let changes = match (leader, metrics.as_ref().and_then(|m| m.sum("pgprism_changes_total"))) {
+                    // A counter per process: a replica started again counts from 0.
+                    (Some(process), Some(total)) => {
+                        let before = decoded.insert(process, total).unwrap_or(0.0);
+                        decoded_total += (total - before).max(0.0);
+                        Some((total - before).max(0.0))
+                    }
+                    _ => None,
+                };
+                lag_samples.extend(lag);
+                let (txns, orders, window) = {
+                    let p = progress.lock().unwrap();
+                    let mut window: Vec<Duration> = p.seen[last_seen..].iter().map(|(_, l)| *l).collect();
+                    last_seen = p.seen.len();
+                    window.sort();
+                    let row = (p.txns - last_txns, p.orders - last_orders, window);
+                    (last_txns, last_orders) = (p.txns, p.orders);
+                    row
+                };
+                let opt = |v: Option<String>| v.unwrap_or_else(|| "—".to_owned());
+                println!(
+                    "   {:>3} s  {:>6}  {:>8}  {:>9}  {:>10}  {:>8}  {:>8}  {:<6}",
+                    second,
+                    txns,
+                    orders,
+                    opt(changes.map(|c| format!("{c:.0}"))),
+                    opt(lag.map(|l| format!("{l:.3} s"))),
+                    opt(percentile(&window, 0.5).map(dur)),
+                    opt(window.last().copied().map(dur)),
+                    leader.map_or("none", |(name, _)| name),
+                );
+                second += 1;
+                if Duration::from_secs(second - 1) >= RUN_FOR {
+                    break;
+                }
+            }
         }
-        let mut s = seen.lock().unwrap();
-        let changes: u64 = s.per_table_op.values().sum();
-        let (p50, max) = percentiles(&mut s.lags_ms);
-        s.lags_ms.clear();
+    }
+    let run_time = start.elapsed();
+    writer.await??;
+    // Late events (a takeover still under way would be a failure below).
+    while let Ok(ev) = events.try_recv() {
+        if let Event::Exited { who, code, after } = ev {
+            stopped.push((replicas[who].name, code, after));
+        }
+    }
+
+    // Caught up: every committed order seen and the read model equal to the truth. Or,
+    // when it does not get there, settled: the leader idle and nothing changing for 3 s.
+    let t = Instant::now();
+    let mut tables = verify::tables(&c).await?;
+    let mut last = (tables.counts(), usize::MAX);
+    let mut unchanged_since = Instant::now();
+    let converged = loop {
+        let pending = progress.lock().unwrap().pending();
+        if pending == 0 && tables.equal() {
+            break true;
+        }
+        if (tables.counts(), pending) != last {
+            last = (tables.counts(), pending);
+            unchanged_since = Instant::now();
+        }
+        let idle = || {
+            tokio::task::block_in_place(|| {
+                replicas
+                    .iter()
+                    .find(|r| r.role() == Role::Leader)
+                    .and_then(Replica::metrics)
+                    .and_then(|m| m.max("pgprism_projection_lag_seconds"))
+                    == Some(0.0)
+            })
+        };
+        if t.elapsed() >= CATCH_UP_LIMIT || (unchanged_since.elapsed() >= SETTLED && idle()) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tables = verify::tables(&c).await?;
+    };
+    let caught_up = t.elapsed();
+    stop_tx.send_replace(true);
+    watcher.await??;
+
+    step("the read side after the run");
+    c.batch_execute("SET TimeZone = 'UTC'").await?;
+    let sample = c
+        .query(
+            "SELECT id::text, customer_name, status, item_count, total_cents,
+                    coalesce(first_item_name, ''), to_char(updated_at, 'HH24:MI:SS.MS')
+               FROM order_read_model WHERE item_count > 0
+              ORDER BY updated_at DESC, id LIMIT 5",
+            &[],
+        )
+        .await?;
+    println!(
+        "   order_read_model: {} rows; the 5 last updated with items:",
+        tables.model
+    );
+    println!(
+        "     {:<10} {:<22} {:<10} {:>5} {:>9}  {:<28} updated_at (UTC)",
+        "id", "customer_name", "status", "items", "total", "first_item_name"
+    );
+    for r in &sample {
+        let id: String = r.get(0);
+        let total: i32 = r.get(4);
         println!(
-            "   {:>3}s  {:>8}  {:>8}  {:>8.1}ms  {:>8.1}ms",
-            started.elapsed().as_secs(),
-            committed.load(Ordering::Relaxed),
-            changes,
-            p50,
-            max
+            "     {:<10} {:<22} {:<10} {:>5} {:>9}  {:<28} {}",
+            format!("{}…", &id[..8]),
+            clip(r.get::<_, Option<String>>(1).unwrap_or_default(), 22),
+            r.get::<_, Option<String>>(2).unwrap_or_default(),
+            r.get::<_, i32>(3),
+            format!("${}.{:02}", total / 100, total % 100),
+            clip(r.get(5), 28),
+            r.get::<_, String>(6),
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    workload.join().map_err(|_| "workload thread panicked")??;
+    let mut rc = redis::Client::open(redis.url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    for r in sample.iter().take(2) {
+        let key = format!("order:{}", r.get::<_, String>(0));
+        let h: HashMap<String, String> =
+            redis::cmd("HGETALL").arg(&key).query_async(&mut rc).await?;
+        let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut rc).await?;
+        println!("   redis> HGETALL {key}        (TTL {})", hms(ttl));
+        for col in verify::COLUMNS {
+            if let Some(v) = h.get(col) {
+                println!("     {col:<16} {v}");
+            }
+        }
+    }
 
-    step("checking: every committed row was streamed exactly once");
-    let rows: u64 = pg
-        .psql(
-            &db,
-            "SELECT (SELECT count(*) FROM customers) + (SELECT count(*) FROM products) \
-                  + (SELECT count(*) FROM orders) + (SELECT count(*) FROM order_items)",
-        )?
-        .trim()
-        .parse()?;
-    // The 70 seed rows were written before the slot existed.
-    let expected = rows - 70;
-    wait_until(Duration::from_secs(30), || {
-        seen.lock().unwrap().inserted.len() as u64 >= expected
-    })
-    .ok();
-    thread::sleep(Duration::from_millis(300));
-    tail.signal(Signal::Term)?;
-    let mut tail = tail;
-    tail.wait_timeout(Duration::from_secs(15));
-    let _ = reader.join();
-    let s = seen.lock().unwrap();
-    let unique: HashSet<_> = s.inserted.iter().collect();
-    let reconnected = logs.lock().unwrap().iter().any(|l| l.contains("resumed"));
-    println!("   changes by table and operation:");
-    for ((table, op), n) in &s.per_table_op {
-        println!("     {table:<12} {op:<8} {n:>7}");
-    }
-    println!("   last changes:");
-    for l in &s.last {
-        println!("     {l}");
-    }
-    println!(
-        "   rows inserted after the slot was created: {expected}; insert changes streamed: {} ({} distinct); tail reconnected after the crash: {}",
-        s.inserted.len(),
-        unique.len(),
-        if reconnected { "yes" } else { "no" }
+    step("checks");
+    let mut checks = Checks::default();
+    checks.add(
+        tables.equal(),
+        "order_read_model = order_read_model_truth, row for row",
+        if tables.equal() {
+            format!("{} rows", tables.truth)
+        } else {
+            format!(
+                "{} rows, {} in the truth: {} missing, {} extra, {} different",
+                tables.model, tables.truth, tables.missing, tables.extra, tables.different
+            )
+        },
     );
-    if s.inserted.len() as u64 == expected && unique.len() == s.inserted.len() {
-        println!("\n✔ nothing lost, nothing repeated");
-        Ok(())
+    checks.note(&tables.examples);
+    let hashes = verify::order_hashes(&c, &mut rc).await?;
+    checks.add(
+        hashes.equal(),
+        "Redis order:{id} hashes = the truth, every field",
+        keys_detail(&hashes),
+    );
+    checks.note(&hashes.wrong);
+    let docs = verify::customer_documents(&c, &mut rc).await?;
+    checks.add(
+        docs.equal(),
+        "Redis customer:{id} documents = customers (id, name)",
+        keys_detail(&docs),
+    );
+    checks.note(&docs.wrong);
+    let (orders, seen, vanished, pending) = {
+        let p = progress.lock().unwrap();
+        (p.orders, p.seen.len(), p.vanished, p.pending())
+    };
+    checks.add(
+        pending == 0,
+        "every committed order appeared in order_read_model",
+        format!(
+            "{} of {} ({} deleted again first){}",
+            seen,
+            orders,
+            vanished,
+            if pending > 0 {
+                format!(", {pending} never seen")
+            } else {
+                String::new()
+            }
+        ),
+    );
+    let dead = verify::dead_letters(&c).await?;
+    checks.add(dead == 0, "dead letters", dead.to_string());
+    for f in &failovers {
+        checks.add(
+            f.after.is_some_and(|d| d <= TAKEOVER_LIMIT),
+            format!("standby took over after the {} of the leader", f.how),
+            match (f.to, f.after) {
+                (Some(to), Some(after)) => format!("{} → {to} in {}", f.from, dur(after)),
+                _ => format!("none within {}", dur(TAKEOVER_LIMIT)),
+            },
+        );
+    }
+
+    let last_leader = pipeline(&c).await?;
+    // Stop what still runs, politely, and check that it goes cleanly.
+    let mut waiting = Vec::new();
+    for (i, r) in replicas.iter_mut().enumerate() {
+        let signalled = Instant::now();
+        if let Some(child) = r.terminate()? {
+            waiting.push(tokio::task::spawn_blocking(move || {
+                (
+                    i,
+                    replica::wait_exit(child, signalled, Duration::from_secs(20)),
+                )
+            }));
+        }
+    }
+    for w in waiting {
+        let (i, (status, after)) = w.await?;
+        stopped.push((replicas[i].name, status.and_then(|s| s.code()), after));
+    }
+    stopped.sort_by_key(|(name, _, _)| *name);
+    checks.add(
+        !stopped.is_empty() && stopped.iter().all(|(_, code, _)| *code == Some(0)),
+        "replicas stop cleanly on SIGTERM (exit 0)",
+        stopped
+            .iter()
+            .map(|(name, code, after)| match code {
+                Some(c) => format!("{name}: {c} in {}", dur(*after)),
+                None => format!("{name}: still running or killed after {}", dur(*after)),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    for (ok, what, detail, examples) in &checks.0 {
+        println!("   {} {what:<56} {detail}", if *ok { "✔" } else { "✘" });
+        for e in examples {
+            println!("       {e}");
+        }
+    }
+
+    step("summary");
+    let (txns, changes, latencies, failover_latencies) = {
+        let p = progress.lock().unwrap();
+        // An order committed while no replica led waits for the takeover: counted apart.
+        let during = |seen_at: Duration, latency: Duration| {
+            let committed = seen_at.saturating_sub(latency);
+            failovers.iter().any(|f| {
+                committed + Duration::from_millis(100) >= f.at
+                    && committed <= f.at + f.after.unwrap_or(RUN_FOR)
+            })
+        };
+        let (mut quiet, mut around) = (Vec::new(), Vec::new());
+        for (seen_at, l) in &p.seen {
+            if during(*seen_at, *l) {
+                around.push(*l);
+            } else {
+                quiet.push(*l);
+            }
+        }
+        let mut all: Vec<Duration> = p.seen.iter().map(|(_, l)| *l).collect();
+        all.sort();
+        quiet.sort();
+        around.sort();
+        (p.txns, p.changes, (all, quiet), around)
+    };
+    let secs = run_time.as_secs_f64();
+    println!(
+        "   {:<22} {} txns in {secs:.1} s = {:.1} txn/s; {} row changes = {:.0}/s",
+        "workload",
+        thousands(txns),
+        txns as f64 / secs,
+        thousands(changes),
+        changes as f64 / secs
+    );
+    println!(
+        "   {:<22} {} changes decoded by the leaders = {:.0}/s (replays after a takeover included)",
+        "pipeline",
+        thousands(decoded_total as u64),
+        decoded_total / secs
+    );
+    let (all, quiet) = latencies;
+    let row = |label: &str, v: &[Duration], what: String| {
+        println!(
+            "   {label:<22} p50 {:>8}   p99 {:>8}   max {:>8}   {what}",
+            opt_dur(percentile(v, 0.5)),
+            opt_dur(percentile(v, 0.99)),
+            opt_dur(v.last().copied()),
+        );
+    };
+    row(
+        "commit → read model",
+        &all,
+        format!("{} orders, polled every 5 ms", all.len()),
+    );
+    row(
+        "  steady",
+        &quiet,
+        format!("{} orders committed outside a failover", quiet.len()),
+    );
+    row(
+        "  during a failover",
+        &failover_latencies,
+        format!(
+            "{} orders committed while the leader changed",
+            failover_latencies.len()
+        ),
+    );
+    lag_samples.sort_by(f64::total_cmp);
+    let secs_or_dash = |l: Option<&f64>| l.map_or("—".to_owned(), |l| format!("{l:.3} s"));
+    println!(
+        "   {:<22} p50 {:>8}   max {:>8}   pgprism_projection_lag_seconds of the leader, once a second",
+        "lag metric",
+        secs_or_dash(lag_samples.get(lag_samples.len() / 2)),
+        secs_or_dash(lag_samples.last()),
+    );
+    for f in &failovers {
+        println!(
+            "   {:<22} {} → {} in {}{}",
+            format!("takeover ({})", f.how),
+            f.from,
+            f.to.unwrap_or("nobody"),
+            f.after.map_or("—".to_owned(), dur),
+            f.epoch.map_or(String::new(), |e| format!(", epoch {e}"))
+        );
+    }
+    if let Some((epoch, leader)) = &last_leader {
+        println!(
+            "   {:<22} epoch {epoch}, leader {leader} (before the final SIGTERM)",
+            "pgprism.pipelines"
+        );
+    }
+    if converged {
+        println!(
+            "   {:<22} {} after the workload stopped",
+            "caught up",
+            dur(caught_up)
+        );
     } else {
-        Err("the stream does not match the committed rows".into())
+        println!(
+            "   {:<22} gave up {} after the workload stopped (leader idle, read models unchanged)",
+            "not caught up",
+            dur(caught_up)
+        );
+    }
+    for r in &replicas {
+        let warnings = r.warnings();
+        println!(
+            "   {:<22} {}  ({} warnings{})",
+            format!("log of {}", r.name),
+            r.log.display(),
+            warnings.len(),
+            warnings.first().map_or(String::new(), |w| format!(
+                "; first: {}",
+                clip(w.clone(), 90)
+            ))
+        );
+    }
+    if checks.passed() {
+        println!(
+            "\n✔ all checks passed: nothing lost across a kill -9 and a SIGTERM of the leader"
+        );
+        Ok(true)
+    } else {
+        let failed = checks.0.iter().filter(|(ok, _, _, _)| !ok).count();
+        println!(
+            "\n✘ {failed} check(s) failed; the replicas' logs are in {}",
+            dir.display()
+        );
+        Ok(false)
     }
 }
 
-/// Orders with 1–4 items, status changes, and the occasional customer or product rename.
-fn workload(
-    psql: &std::path::Path,
-    dsn: &str,
-    stop: &AtomicBool,
-    committed: &AtomicU64,
-) -> Result<(), String> {
-    let mut n: u64 = 0;
-    while !stop.load(Ordering::Relaxed) {
-        n += 1;
-        let items = 1 + n % 4;
-        let sql = format!(
-            "BEGIN;
-             WITH o AS (INSERT INTO orders (customer_id, status)
-                        SELECT id, 'pending' FROM customers ORDER BY md5(id::text || {n}) LIMIT 1 RETURNING id)
-             INSERT INTO order_items (order_id, product_id, quantity, unit_cents)
-             SELECT o.id, p.id, 1 + {n} % 3, p.price_cents FROM o,
-                    (SELECT id, price_cents FROM products ORDER BY md5(id::text || {n}) LIMIT {items}) p;
-             UPDATE orders SET status = 'confirmed', updated_at = now()
-              WHERE id = (SELECT id FROM orders WHERE status = 'pending' ORDER BY created_at LIMIT 1);
-             {extra}
-             COMMIT;",
-            extra = match n % 25 {
-                0 => format!("UPDATE customers SET name = 'customer renamed {n}' WHERE id = (SELECT id FROM customers ORDER BY md5(id::text || {n}) LIMIT 1);"),
-                12 => format!("UPDATE products SET name = 'product renamed {n}' WHERE id = (SELECT id FROM products ORDER BY md5(id::text || {n}) LIMIT 1);"),
-                _ => String::new(),
-            }
+/// Watch the replicas other than `stopped` until one leads; report as an [`Event`].
+fn takeover_watch(
+    replicas: &[Replica],
+    stopped: usize,
+    how: &'static str,
+    tx: mpsc::UnboundedSender<Event>,
+) {
+    let others: Vec<(usize, u16)> = replicas
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != stopped)
+        .map(|(i, r)| (i, r.port))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let ports: Vec<u16> = others.iter().map(|(_, p)| *p).collect();
+        let _ = tx.send(
+            match replica::wait_for_role(&ports, Role::Leader, TAKEOVER_LIMIT) {
+                Some((k, after)) => Event::Leads {
+                    who: others[k].0,
+                    after,
+                    how,
+                },
+                None => Event::NoTakeover { how },
+            },
         );
-        let ok = Command::new(psql)
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin
-                    .take()
-                    .ok_or_else(|| std::io::Error::other("stdin"))?
-                    .write_all(sql.as_bytes())?;
-                c.wait()
-            })
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if ok {
-            committed.fetch_add(1, Ordering::Relaxed);
-        } else {
-            // Postgres is restarting: try again shortly.
-            thread::sleep(Duration::from_millis(200));
-        }
-    }
-    Ok(())
+    });
+}
+
+/// Wait until one of `replicas` reports `role`.
+async fn wait_role(replicas: &[Replica], role: Role, limit: Duration) -> Option<(usize, Duration)> {
+    let ports: Vec<u16> = replicas.iter().map(|r| r.port).collect();
+    tokio::task::spawn_blocking(move || replica::wait_for_role(&ports, role, limit))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// `pgprism.pipelines` of the demo's pipeline: (epoch, leader).
+async fn pipeline(c: &tokio_postgres::Client) -> Result<Option<(i64, String)>, Error> {
+    Ok(c.query_opt(
+        "SELECT epoch, coalesce(leader, '') FROM pgprism.pipelines WHERE name = 'shop'",
+        &[],
+    )
+    .await?
+    .map(|r| (r.get(0), r.get(1))))
 }
 
 fn step(what: &str) {
     println!("\n▶ {what}");
 }
 
-fn short(v: &serde_json::Value) -> String {
-    let row = if v["new"].is_null() {
-        &v["old"]
+fn event(t: Duration, what: &str) {
+    println!("   ── {:>5.1} s  {what}", t.as_secs_f64());
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+fn dur(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.1} ms")
+    } else if ms < 1000.0 {
+        format!("{ms:.0} ms")
     } else {
-        &v["new"]
-    };
-    let mut s = row.to_string();
-    if s.len() > 90 {
-        s.truncate(
-            s.char_indices()
-                .take_while(|(i, _)| *i < 87)
-                .last()
-                .map_or(0, |(i, c)| i + c.len_utf8()),
-        );
+        format!("{:.2} s", ms / 1000.0)
+    }
+}
+
+fn opt_dur(d: Option<Duration>) -> String {
+    d.map_or("—".to_owned(), dur)
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn hms(secs: i64) -> String {
+    if secs < 0 {
+        return "none".to_owned();
+    }
+    format!(
+        "{}h {:02}m {:02}s",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+fn clip(mut s: String, width: usize) -> String {
+    if s.chars().count() > width {
+        s = s.chars().take(width - 1).collect();
         s.push('…');
     }
     s
 }
 
-/// Milliseconds from `YYYY-MM-DDTHH:MM:SS.ffffffZ` to now.
-fn lag_ms(t: &str) -> Option<f64> {
-    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss, us) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..26)?);
-    // days from civil (Howard Hinnant)
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let micros = ((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1_000_000) + us;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()?
-        .as_micros() as i64;
-    Some((now - micros) as f64 / 1000.0)
-}
-
-fn percentiles(v: &mut [f64]) -> (f64, f64) {
-    if v.is_empty() {
-        return (0.0, 0.0);
+fn keys_detail(k: &verify::Keys) -> String {
+    let mut s = format!("{} keys", k.present);
+    if k.present != k.expected {
+        s.push_str(&format!(", {} expected", k.expected));
     }
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[v.len() - 1])
-}
-
-fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> Result<(), String> {
-    let start = Instant::now();
-    while !ok() {
-        if start.elapsed() > limit {
-            return Err(format!("timed out after {limit:?}"));
-        }
-        thread::sleep(Duration::from_millis(50));
+    if !k.wrong.is_empty() {
+        s.push_str(&format!(", {} wrong", k.wrong.len()));
     }
-    Ok(())
+    s
 }
