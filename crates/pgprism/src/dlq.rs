@@ -11,7 +11,6 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use pgprism_decoder::stream::SourceDsn;
 use pgprism_sink::dead_letter::{self, Action, Selection, Stored};
-use tokio_postgres::NoTls;
 
 /// `pgprism dlq …`
 #[derive(Debug, Args)]
@@ -95,16 +94,7 @@ impl Select {
 }
 
 async fn connect(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let dsn = SourceDsn::parse(dsn)?;
-    let (client, conn) = dsn.sql_config().connect(NoTls).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot connect to Postgres at {}: {}",
-            dsn.target(),
-            pgprism_decoder::stream::pg_error_text(&e)
-        )
-    })?;
-    tokio::spawn(conn);
-    Ok(client)
+    crate::session::connect(&SourceDsn::parse(dsn)?).await
 }
 
 /// Whether the database has pgprism's dead-letter table.

@@ -8,6 +8,7 @@ mod http;
 mod jsonl;
 mod replay;
 mod run;
+mod session;
 mod slot;
 mod status;
 mod tail;

@@ -23,7 +23,6 @@ use pgprism_leader::{Election, LeaderConfig, Leadership, slot};
 use pgprism_sink::drive::{DriveError, DriveOptions, drive};
 use pgprism_sink::{Class, LagClock, Projector};
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
 
 use crate::config::Config;
 use crate::http;
@@ -162,14 +161,7 @@ async fn lead(
         }
     };
     let setup = async {
-        let (client, conn) = dsn.sql_config().connect(NoTls).await.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot connect to Postgres at {}: {}",
-                dsn.target(),
-                pg_error_text(&e)
-            )
-        })?;
-        let conn = tokio::spawn(conn);
+        let client = crate::session::connect(dsn).await?;
         slot::take_over(
             &client,
             &cfg.source.slot,
@@ -179,7 +171,6 @@ async fn lead(
         .await
         .context("taking the slot over")?;
         drop(client);
-        let _ = conn.await;
         let projector = Projector::start(&pcfg).await?;
         let mut scfg = StreamConfig::new(dsn.clone(), &cfg.source.slot, &cfg.source.publication);
         scfg.start_lsn = projector.resume_lsn();
@@ -309,16 +300,9 @@ async fn report(cfg: Config, dsn: SourceDsn, clock: Arc<LagClock>) {
         for (projection, sink) in &labels {
             metrics::gauge!("pgprism_projection_lag_seconds", "projection" => projection.clone(), "sink" => sink.clone()).set(lag);
         }
-        if client.as_ref().is_none_or(|c| c.is_closed()) {
-            client = match dsn.sql_config().connect(NoTls).await {
-                Ok((c, conn)) => {
-                    tokio::spawn(conn);
-                    Some(c)
-                }
-                Err(_) => None,
-            };
-        }
-        let Some(c) = &client else { continue };
+        let Some(c) = crate::session::keep(&mut client, &dsn).await else {
+            continue;
+        };
         let row = c
             .query_opt(
                 "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::float8,
@@ -362,16 +346,7 @@ async fn emit_heartbeats(dsn: SourceDsn, every: Duration) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        if client.as_ref().is_none_or(|c| c.is_closed()) {
-            client = match dsn.sql_config().connect(NoTls).await {
-                Ok((c, conn)) => {
-                    tokio::spawn(conn);
-                    Some(c)
-                }
-                Err(_) => None,
-            };
-        }
-        if let Some(c) = &client
+        if let Some(c) = crate::session::keep(&mut client, &dsn).await
             && let Err(e) = c
                 .execute(
                     "SELECT pg_logical_emit_message(false, 'pgprism.heartbeat', '')",

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use pgprism_decoder::stream::{SourceDsn, pg_error_text, quote_ident};
-use tokio_postgres::NoTls;
 
 use crate::config::Config;
 
@@ -40,14 +39,7 @@ pub async fn run(args: SlotArgs) -> anyhow::Result<()> {
         .context("slot needs -c FILE (or PGPRISM_CONFIG)")?;
     let cfg = Config::load(&path, std::env::vars())?;
     let dsn = SourceDsn::parse(&cfg.source.dsn)?;
-    let (client, conn) = dsn.sql_config().connect(NoTls).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot connect to Postgres at {}: {}",
-            dsn.target(),
-            pg_error_text(&e)
-        )
-    })?;
-    tokio::spawn(conn);
+    let client = crate::session::connect(&dsn).await?;
     let slot = &cfg.source.slot;
     let publication = &cfg.source.publication;
     let exists = |sql: &'static str, name: String| {

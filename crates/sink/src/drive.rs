@@ -118,7 +118,10 @@ pub async fn drive(
                     }
                 }
                 StreamEvent::Idle => {
-                    if projector.has_unflushed() && idle_at.is_none() {
+                    // A pause of the stream while catching up is not the end of the
+                    // backlog: flushing then would keep batches small when they should be
+                    // large. Near real time, flush soon for freshness.
+                    if projector.has_unflushed() && idle_at.is_none() && !projector.catching_up() {
                         idle_at = Some(Instant::now() + IDLE_FLUSH_DELAY);
                     }
                 }

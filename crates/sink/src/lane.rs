@@ -38,7 +38,8 @@ pub(crate) enum Logic {
 /// Changes waiting for the next flush.
 #[derive(Debug)]
 enum Pending {
-    Rows(Batch),
+    /// Shared with a flush in progress, so a flush never copies the batch.
+    Rows(Arc<Batch>),
     Keys(KeySet),
 }
 
@@ -239,7 +240,7 @@ impl Lane {
                 self.shape = Some(shape.clone());
             }
             if let Some(Pending::Rows(b)) = &mut self.pending {
-                b.shape = shape;
+                Arc::make_mut(b).shape = shape;
             }
         }
         Ok(differs)
@@ -260,9 +261,9 @@ impl Lane {
                 };
                 let pending = self
                     .pending
-                    .get_or_insert_with(|| Pending::Rows(Batch::new(shape)));
+                    .get_or_insert_with(|| Pending::Rows(Arc::new(Batch::new(shape))));
                 if let Pending::Rows(b) = pending {
-                    m.route(kind, pos, b)?;
+                    m.route(kind, pos, Arc::make_mut(b))?;
                 }
             }
             Logic::Query(q) => {
@@ -391,7 +392,7 @@ impl Lane {
 
     /// The batch to write: the pending rows, or the pending keys recomputed now (with
     /// the keys the projection query failed for, for the dead letters).
-    async fn materialize(&mut self) -> Result<Option<(Batch, Vec<Failure>)>, SinkError> {
+    async fn materialize(&mut self) -> Result<Option<(Arc<Batch>, Vec<Failure>)>, SinkError> {
         let keys = match &self.pending {
             None => return Ok(None),
             Some(Pending::Rows(b)) => return Ok(Some((b.clone(), Vec::new()))),
@@ -408,7 +409,7 @@ impl Lane {
         };
         let (batch, failed) = q.resolve(source, keys, existing).await?;
         self.shape = Some(batch.shape.clone());
-        Ok(Some((batch, failed)))
+        Ok(Some((Arc::new(batch), failed)))
     }
 
     /// The keys present in the target now (a source table of a query projection was

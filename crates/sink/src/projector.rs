@@ -111,6 +111,7 @@ pub struct Projector {
     lanes: Vec<Lane>,
     size: Adaptive,
     max_age: Duration,
+    target_lag: Duration,
     /// Changes pushed since the last flush.
     changes: usize,
     /// When the first of them was pushed.
@@ -515,6 +516,7 @@ impl Projector {
             clock: Arc::new(LagClock::default()),
             size: Adaptive::new(&cfg.batch),
             max_age: cfg.batch.max_age,
+            target_lag: cfg.batch.target_lag,
             changes: 0,
             oldest: None,
             oldest_commit: None,
@@ -675,6 +677,12 @@ impl Projector {
             .map(|l| l.ackable)
             .min()
             .unwrap_or_default()
+    }
+
+    /// Whether the projection is catching up (its lag is above `target_lag`): then
+    /// batches fill by size rather than being flushed whenever the stream pauses.
+    pub fn catching_up(&self) -> bool {
+        self.lag() > self.target_lag
     }
 
     /// How long the oldest change not yet durable has waited since its commit (zero when

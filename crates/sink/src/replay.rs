@@ -48,6 +48,29 @@ pub async fn rewind(
         ));
     };
     check_replay(slot, from, oldest)?;
+    // Every name must be known before anything changes: a typo must not depose the leader.
+    let targets: Vec<(String, String)> = cfg
+        .projections
+        .iter()
+        .flat_map(|p| {
+            p.targets
+                .iter()
+                .map(|t| (t.name_in(&p.name), t.sink.clone()))
+        })
+        .collect();
+    if let Some(unknown) = only
+        .iter()
+        .find(|n| !targets.iter().any(|(t, s)| t == *n || s == *n))
+    {
+        let known: Vec<&str> = targets.iter().map(|(t, _)| t.as_str()).collect();
+        return Err(SinkError::config(
+            "replay",
+            format!(
+                "no target or sink named {unknown:?} (targets: {})",
+                known.join(", ")
+            ),
+        ));
+    }
     let epoch = supersede(&source, &cfg.pipeline).await?;
     let mut cfg = cfg.clone();
     cfg.epoch = epoch;
@@ -64,19 +87,6 @@ pub async fn rewind(
         .filter(|t| only.is_empty() || only.contains(&t.name) || only.contains(&t.sink))
         .map(|t| t.name.clone())
         .collect();
-    if let Some(unknown) = only
-        .iter()
-        .find(|n| !before.iter().any(|t| &t.name == *n || &t.sink == *n))
-    {
-        let known: Vec<&str> = before.iter().map(|t| t.name.as_str()).collect();
-        return Err(SinkError::config(
-            "replay",
-            format!(
-                "no target or sink named {unknown:?} (targets: {})",
-                known.join(", ")
-            ),
-        ));
-    }
     projector
         .rewind(Offset::after_transaction(from), &chosen)
         .await?;

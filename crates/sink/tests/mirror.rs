@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{Env, assert_same, projection};
+use common::{Env, PRODUCTS_MIRROR, assert_same, projection};
 use pgprism_decoder::Lsn;
 use pgprism_leader::Offset;
 use pgprism_sink::dead_letter::{self, Action, Selection};
@@ -182,18 +182,6 @@ key = "odd:{Id}"
 const PRODUCTS: &str = "
 CREATE TABLE products (id int PRIMARY KEY, name text NOT NULL, price_cents int NOT NULL);
 CREATE TABLE products_copy (id int PRIMARY KEY, name text, price_cents int CHECK (price_cents < 1000));";
-
-const PRODUCTS_MIRROR: &str = r#"
-name = "products"
-kind = "mirror"
-source = "public.products"
-[[targets]]
-sink = "pg"
-table = "public.products_copy"
-[[targets]]
-sink = "cache"
-key = "product:{id}"
-"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_row_is_dead_lettered_its_key_held_and_retried_in_order() {

@@ -8,22 +8,11 @@ mod common;
 use std::collections::HashMap;
 
 use common::{
-    Env, READ_MODELS, SCHEMA, assert_same, order_read_model_toml, projection, shop_workload,
+    Env, PRODUCTS_MIRROR, READ_MODELS, SCHEMA, assert_same, order_read_model_toml, projection,
+    shop_workload,
 };
 use pgprism_sink::Projector;
 use pgprism_sink::replay::rewind;
-
-const PRODUCTS_MIRROR: &str = r#"
-name = "products"
-kind = "mirror"
-source = "public.products"
-[[targets]]
-sink = "pg"
-table = "public.products_copy"
-[[targets]]
-sink = "cache"
-key = "product:{id}"
-"#;
 
 /// Everything a user could read: both read models in Postgres and every Redis hash.
 async fn read_side(env: &Env) -> (Vec<Vec<String>>, Vec<Vec<String>>, Vec<Vec<String>>) {

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Env, assert_same, projection};
+use common::{Env, PRODUCTS_MIRROR, assert_same, projection};
 use pgprism_decoder::stream::{ReplicationStream, SourceDsn, StreamConfig};
 use pgprism_sink::Projector;
 use pgprism_sink::drive::{DriveError, DriveOptions, drive};
@@ -16,18 +16,6 @@ use tokio::sync::watch;
 const PRODUCTS: &str = "
 CREATE TABLE products (id int PRIMARY KEY, name text NOT NULL, price_cents int NOT NULL);
 CREATE TABLE products_copy (id int PRIMARY KEY, name text, price_cents int);";
-
-const PRODUCTS_MIRROR: &str = r#"
-name = "products"
-kind = "mirror"
-source = "public.products"
-[[targets]]
-sink = "pg"
-table = "public.products_copy"
-[[targets]]
-sink = "cache"
-key = "product:{id}"
-"#;
 
 async fn check_products(env: &Env) {
     let source = env

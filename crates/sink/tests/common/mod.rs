@@ -31,6 +31,19 @@ SELECT o.id, c.name AS customer_name, c.email AS customer_email, o.status,
  WHERE o.id = ANY($1)
  GROUP BY o.id, c.name, c.email";
 
+/// A mirror of `public.products` into `public.products_copy` and `product:{id}` hashes.
+pub const PRODUCTS_MIRROR: &str = r#"
+name = "products"
+kind = "mirror"
+source = "public.products"
+[[targets]]
+sink = "pg"
+table = "public.products_copy"
+[[targets]]
+sink = "cache"
+key = "product:{id}"
+"#;
+
 /// The order read model as configured by a user: Postgres table and Redis hashes.
 pub fn order_read_model_toml() -> String {
     format!(
