@@ -22,7 +22,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Env, READ_MODELS, SCHEMA, assert_same, order_read_model_toml};
+use common::{
+    Env, MODEL, ORDER_COLUMNS, READ_MODELS, SCHEMA, TRUTH, assert_same, order_read_model_toml,
+    redis_rows,
+};
 use pgprism_decoder::Lsn;
 use pgprism_leader::{Offset, PgFence, RedisFence};
 use pgprism_testkit::{ChildGuard, PgServer, RedisServer, Signal};
@@ -76,26 +79,9 @@ key = "product:{id}"
 format = "hash"
 "#;
 
-const ORDER_COLUMNS: [&str; 9] = [
-    "id",
-    "customer_name",
-    "customer_email",
-    "status",
-    "item_count",
-    "total_cents",
-    "first_item_name",
-    "created_at",
-    "updated_at",
-];
 const PRODUCT_COLUMNS: [&str; 3] = ["id", "name", "price_cents"];
 
 /// The ground truth as text, in the form the pipeline writes (session TimeZone UTC).
-const TRUTH: &str = "SELECT id::text, customer_name, customer_email, status, item_count::text,
-        total_cents::text, first_item_name, created_at::text, updated_at::text
-   FROM order_read_model_truth";
-const MODEL: &str = "SELECT id::text, customer_name, customer_email, status, item_count::text,
-        total_cents::text, first_item_name, created_at::text, updated_at::text
-   FROM order_read_model";
 const PRODUCTS: &str = "SELECT id::text, name, price_cents::text FROM public.products";
 const MIRRORED: &str = "SELECT id::text, name, price_cents::text FROM read.products";
 
@@ -507,37 +493,6 @@ async fn newest_guard(redis: &mut MultiplexedConnection, prefix: &str) -> Option
     let lsn = u64::from_str_radix(newest.get(..16)?, 16).unwrap();
     let seq = u64::from_str_radix(newest.get(16..)?, 16).unwrap();
     Some((Lsn(lsn), seq))
-}
-
-/// Every Redis hash matching `pattern`, as rows in `columns` order; each key ends with the
-/// row's `id`.
-async fn redis_rows(env: &Env, pattern: &str, columns: &[&str]) -> Vec<Vec<String>> {
-    let mut conn = env.redis().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(pattern)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let mut rows = Vec::new();
-    for k in keys {
-        let h: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(&k)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        assert!(
-            h.get("id").is_some_and(|id| k.ends_with(id.as_str())),
-            "key {k} holds its id: {h:?}"
-        );
-        rows.push(
-            columns
-                .iter()
-                .map(|c| h.get(*c).cloned().unwrap_or_else(|| "∅".to_owned()))
-                .collect(),
-        );
-    }
-    rows.sort();
-    rows
 }
 
 /// The application's hot products: renamed by two transactions in a row every round, so

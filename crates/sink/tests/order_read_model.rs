@@ -4,62 +4,11 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use common::{
-    Env, READ_MODELS, SCHEMA, assert_same, order_read_model_toml, projection, shop_workload,
+    Env, MODEL, ORDER_COLUMNS, READ_MODELS, SCHEMA, TRUTH, assert_same, order_read_model_toml,
+    projection, redis_rows, shop_workload,
 };
 use pgprism_leader::Offset;
-
-/// The ground truth as text, in the form the pipeline writes (session TimeZone UTC).
-const TRUTH: &str = "SELECT id::text, customer_name, customer_email, status, item_count::text,
-        total_cents::text, first_item_name, created_at::text, updated_at::text
-   FROM order_read_model_truth";
-const MODEL: &str = "SELECT id::text, customer_name, customer_email, status, item_count::text,
-        total_cents::text, first_item_name, created_at::text, updated_at::text
-   FROM order_read_model";
-const COLUMNS: [&str; 9] = [
-    "id",
-    "customer_name",
-    "customer_email",
-    "status",
-    "item_count",
-    "total_cents",
-    "first_item_name",
-    "created_at",
-    "updated_at",
-];
-
-/// Every Redis hash `order:*`, as rows in the column order above.
-async fn redis_rows(env: &Env) -> Vec<Vec<String>> {
-    let mut conn = env.redis().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("order:*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let mut rows = Vec::new();
-    for k in keys {
-        let h: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(&k)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(
-            Some(&k[6..]),
-            h.get("id").map(String::as_str),
-            "key {k} holds its id"
-        );
-        rows.push(
-            COLUMNS
-                .iter()
-                .map(|c| h.get(*c).cloned().unwrap_or_else(|| "∅".to_owned()))
-                .collect(),
-        );
-    }
-    rows.sort();
-    rows
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_read_model_equals_the_ground_truth_in_postgres_and_redis() {
@@ -97,7 +46,7 @@ async fn order_read_model_equals_the_ground_truth_in_postgres_and_redis() {
         "order_read_model vs the ground truth",
     );
     assert_same(
-        &redis_rows(&env).await,
+        &redis_rows(&env, "order:*", &ORDER_COLUMNS).await,
         &truth,
         "Redis hashes vs the ground truth",
     );
@@ -145,7 +94,11 @@ async fn order_read_model_equals_the_ground_truth_in_postgres_and_redis() {
         &truth,
         "order_read_model after more changes",
     );
-    assert_same(&redis_rows(&env).await, &truth, "Redis after more changes");
+    assert_same(
+        &redis_rows(&env, "order:*", &ORDER_COLUMNS).await,
+        &truth,
+        "Redis after more changes",
+    );
     projector
         .rewind(Offset::default(), &[])
         .await
@@ -160,7 +113,11 @@ async fn order_read_model_equals_the_ground_truth_in_postgres_and_redis() {
         &truth,
         "order_read_model after redelivery",
     );
-    assert_same(&redis_rows(&env).await, &truth, "Redis after redelivery");
+    assert_same(
+        &redis_rows(&env, "order:*", &ORDER_COLUMNS).await,
+        &truth,
+        "Redis after redelivery",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

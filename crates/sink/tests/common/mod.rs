@@ -249,3 +249,54 @@ pub fn assert_same(got: &[Vec<String>], want: &[Vec<String>], what: &str) {
         want.len()
     );
 }
+
+/// The columns of order_read_model, in the order TRUTH and MODEL select them.
+pub const ORDER_COLUMNS: [&str; 9] = [
+    "id",
+    "customer_name",
+    "customer_email",
+    "status",
+    "item_count",
+    "total_cents",
+    "first_item_name",
+    "created_at",
+    "updated_at",
+];
+
+/// The ground truth and the read model as text, in the form the pipeline writes.
+pub const TRUTH: &str = "SELECT id::text, customer_name, customer_email, status, item_count::text,
+        total_cents::text, first_item_name, created_at::text, updated_at::text
+   FROM order_read_model_truth";
+pub const MODEL: &str = "SELECT id::text, customer_name, customer_email, status, item_count::text,
+        total_cents::text, first_item_name, created_at::text, updated_at::text
+   FROM order_read_model";
+
+/// Every Redis hash matching `pattern`, as rows of `columns` (missing fields as "∅"), sorted.
+pub async fn redis_rows(env: &Env, pattern: &str, columns: &[&str]) -> Vec<Vec<String>> {
+    let mut conn = env.redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut rows = Vec::new();
+    for k in keys {
+        let h: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            h.get("id").is_some_and(|id| k.ends_with(id.as_str())),
+            "key {k} holds its id: {h:?}"
+        );
+        rows.push(
+            columns
+                .iter()
+                .map(|c| h.get(*c).cloned().unwrap_or_else(|| "∅".to_owned()))
+                .collect(),
+        );
+    }
+    rows.sort();
+    rows
+}
