@@ -25,7 +25,7 @@ pub mod election;
 mod error;
 pub mod fence;
 pub mod redis_fence;
-mod schema;
+pub mod schema;
 pub mod slot;
 
 pub use election::{Election, LeaderConfig, Leadership, lock_key, supersede};

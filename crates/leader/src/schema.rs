@@ -50,7 +50,7 @@ ALTER TABLE pgprism.offsets ADD COLUMN IF NOT EXISTS replay_changes bigint;";
 /// locks even when it changes nothing (`ADD COLUMN IF NOT EXISTS` takes an ACCESS
 /// EXCLUSIVE lock), which would queue behind a running leader's transactions and block
 /// its next ones: a replica starting up must not do that.
-async fn ensure(client: &Client, present: &str, ddl: &str) -> Result<(), LeaderError> {
+pub async fn ensure(client: &Client, present: &str, ddl: &str) -> Result<(), LeaderError> {
     let done: bool = client
         .query_one(present, &[])
         .await

@@ -17,9 +17,6 @@ use tokio_postgres::GenericClient;
 use crate::batch::{Entry, Key, Shape, entry_json, key_json};
 use crate::error::SinkError;
 
-/// The advisory lock that serializes pgprism's DDL (same key as the leader crate's).
-const DDL_LOCK: i64 = 0x0070_6770_7269_736d;
-
 const DDL: &str = "
 CREATE SCHEMA IF NOT EXISTS pgprism;
 CREATE TABLE IF NOT EXISTS pgprism.dead_letters (
@@ -39,36 +36,15 @@ CREATE TABLE IF NOT EXISTS pgprism.dead_letters (
 );
 CREATE INDEX IF NOT EXISTS dead_letters_key ON pgprism.dead_letters (pipeline, target, key);";
 
-/// Create `pgprism.dead_letters` if missing.
+/// Create `pgprism.dead_letters` if missing (skipped when present: see
+/// [`pgprism_leader::schema::ensure`]).
 pub async fn ensure(client: &tokio_postgres::Client) -> Result<(), SinkError> {
-    // DDL locks even when it changes nothing (CREATE INDEX takes a SHARE lock): skip it
-    // when everything is there, so a starting replica never queues behind the leader.
-    let present: bool = client
-        .query_one(
-            "SELECT to_regclass('pgprism.dead_letters_key') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(SinkError::pg(
-            "dead letters",
-            "checking pgprism.dead_letters",
-        ))?
-        .get(0);
-    if present {
-        return Ok(());
-    }
-    let result = client
-        .batch_execute(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock({DDL_LOCK}); {DDL} COMMIT;"
-        ))
-        .await;
-    if result.is_err() {
-        let _ = client.batch_execute("ROLLBACK").await;
-    }
-    result.map_err(SinkError::pg(
-        "dead letters",
-        "creating pgprism.dead_letters",
-    ))
+    Ok(pgprism_leader::schema::ensure(
+        client,
+        "SELECT to_regclass('pgprism.dead_letters_key') IS NOT NULL",
+        DDL,
+    )
+    .await?)
 }
 
 /// Why a change is a dead letter.
