@@ -198,7 +198,14 @@ impl RedisFence {
             .invoke_async(conn)
             .await
             .map_err(redis_err("running a fenced Redis script"))?;
-        if let Value::Array(items) = &reply
+        self.check(&reply)?;
+        Ok(reply)
+    }
+
+    /// The reply of a script made by [`RedisFence::fenced_script`] and invoked by other
+    /// means (binary arguments, say): `Err(Fenced)` if the fence refused it.
+    pub fn check(&self, reply: &Value) -> Result<(), LeaderError> {
+        if let Value::Array(items) = reply
             && let [Value::BulkString(tag), current] = items.as_slice()
             && tag.as_slice() == b"FENCED"
         {
@@ -208,7 +215,7 @@ impl RedisFence {
             };
             return Err(self.fenced(Epoch(current)));
         }
-        Ok(reply)
+        Ok(())
     }
 
     /// The sink's durable offset (no fence: for status and for resuming).

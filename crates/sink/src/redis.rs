@@ -371,11 +371,7 @@ impl RedisWriter {
             return Ok(());
         }
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let arg_refs: Vec<&str> = Vec::new();
-        let mut inv_args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-        let reply = self
-            .invoke_bytes(&key_refs, &mut inv_args, &arg_refs)
-            .await?;
+        let reply = self.invoke_bytes(&key_refs, &args).await?;
         let RedisValue::Array(items) = reply else {
             return Err(SinkError::config(
                 &self.target,
@@ -405,39 +401,25 @@ impl RedisWriter {
         Ok(())
     }
 
+    /// Run the fenced write script with binary arguments.
     async fn invoke_bytes(
         &mut self,
         keys: &[&str],
-        args: &mut [&[u8]],
-        _: &[&str],
+        args: &[Vec<u8>],
     ) -> Result<RedisValue, SinkError> {
         let mut inv = self.script.key(self.fence.key());
         inv.arg(self.fence.epoch().0);
         for k in keys {
             inv.key(*k);
         }
-        for a in args.iter() {
-            inv.arg(*a);
+        for a in args {
+            inv.arg(a.as_slice());
         }
         let reply: RedisValue = inv
             .invoke_async(&mut self.conn)
             .await
             .map_err(SinkError::redis(&self.target, "running the write script"))?;
-        if let RedisValue::Array(items) = &reply
-            && let [RedisValue::BulkString(tag), current] = items.as_slice()
-            && tag.as_slice() == b"FENCED"
-        {
-            let current = match current {
-                RedisValue::BulkString(b) => String::from_utf8_lossy(b).parse().unwrap_or(i64::MAX),
-                _ => i64::MAX,
-            };
-            return Err(SinkError::Leader(pgprism_leader::LeaderError::Fenced {
-                pipeline: String::new(),
-                sink: self.target.clone(),
-                ours: self.fence.epoch(),
-                current: Epoch(current),
-            }));
-        }
+        self.fence.check(&reply)?;
         Ok(reply)
     }
 
