@@ -140,6 +140,17 @@ pub(crate) async fn connect(config: &Config, what: &str) -> Result<Client, SinkE
     Ok(client)
 }
 
+/// What the slot may be acknowledged to when `offset` is all that is known: the end of a
+/// whole transaction, or nothing for an offset inside one (its transaction's start is
+/// not recorded).
+pub(crate) fn acknowledgeable(offset: Offset) -> Lsn {
+    if offset.changes_done == 0 {
+        offset.resume_lsn
+    } else {
+        Lsn(0)
+    }
+}
+
 /// `host:port` of a session config, for messages.
 fn server_of(config: &Config) -> String {
     let host = match config.get_hosts().first() {
@@ -181,11 +192,7 @@ impl Lane {
             pending_changes: 0,
             shape,
             covered: stored,
-            ackable: if stored.changes_done == 0 {
-                stored.resume_lsn
-            } else {
-                Lsn(0)
-            },
+            ackable: acknowledgeable(stored),
             replay_until,
             stored,
             last_commit: Instant::now(),
@@ -613,11 +620,7 @@ impl Lane {
         self.pending_changes = 0;
         self.stored = to;
         self.covered = to;
-        self.ackable = if to.changes_done == 0 {
-            to.resume_lsn
-        } else {
-            Lsn(0)
-        };
+        self.ackable = acknowledgeable(to);
         Ok(())
     }
 }

@@ -24,7 +24,7 @@ use crate::adaptive::Adaptive;
 use crate::batch::Position;
 use crate::dead_letter;
 use crate::error::SinkError;
-use crate::lane::{Lane, LaneFlush, Logic, PgWriter, Writer, connect};
+use crate::lane::{Lane, LaneFlush, Logic, PgWriter, Writer, acknowledgeable, connect};
 use crate::mirror::Mirror;
 use crate::postgres::PgTable;
 use crate::query::{Mapping, QueryProjection};
@@ -520,11 +520,7 @@ impl Projector {
             changes: 0,
             oldest: None,
             oldest_commit: None,
-            last_end: if next.changes_done == 0 {
-                next.resume_lsn
-            } else {
-                Lsn(0)
-            },
+            last_end: acknowledgeable(next),
             next,
             lanes,
         })
