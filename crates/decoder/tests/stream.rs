@@ -131,6 +131,26 @@ async fn backfill_under_the_exported_snapshot_plus_stream_is_every_row_once() {
     assert!(stream.info().snapshot.is_some());
 
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // The writer stops once it has committed after the snapshot too (rows the back-fill
+    // did not see), however slow a loaded machine makes it.
+    let backfilled: Vec<i64> = backfilled.lock().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows: usize = pg
+            .psql(&db, "SELECT count(*) FROM t")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        if rows > backfilled.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the writer committed nothing after the snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     w.join().unwrap();
     let all: BTreeSet<i64> = pg
@@ -139,7 +159,6 @@ async fn backfill_under_the_exported_snapshot_plus_stream_is_every_row_once() {
         .lines()
         .map(|l| l.trim().parse().unwrap())
         .collect();
-    let backfilled: Vec<i64> = backfilled.lock().unwrap().clone();
     let mut streamed = Vec::new();
     stream_until(&mut stream, &mut streamed, 1, |s| {
         s.len() + backfilled.len() >= all.len()

@@ -346,7 +346,27 @@ async fn an_older_epoch_never_stamps_over_a_newer_one() {
     let stamp_a = tokio::spawn(async move {
         PgFence::stamp(&a, "p", "s", Epoch(1), Duration::from_secs(30)).await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // B commits once A's stamp waits for the row, not after a guess at how long that takes.
+    let watcher = pg.client(&db).await.unwrap();
+    let started = Instant::now();
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "A's stamp never waited for B's row"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     b.batch_execute("COMMIT").await.unwrap();
     let err = stamp_a.await.unwrap().unwrap_err();
     assert!(

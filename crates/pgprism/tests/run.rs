@@ -159,7 +159,14 @@ async fn two_replicas_survive_a_sigterm_of_the_leader_and_the_read_models_match_
         pgprism_testkit::shop::workload(&writer, 1_200, 21).await;
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (status, metrics) = get(a.port, "/metrics").expect("metrics of the leader");
+    // The flush metrics appear with the leader's first flush of the workload: wait for
+    // them rather than sample once.
+    let (status, metrics) = eventually_or(
+        "the leader exposes every DESIGN.md metric",
+        Duration::from_secs(30),
+        || get(a.port, "/metrics").filter(|(_, m)| METRICS.iter().all(|n| m.contains(n))),
+        || get(a.port, "/metrics").map(|(_, m)| m).unwrap_or_default(),
+    );
     assert_eq!(status, 200);
     for name in METRICS {
         assert!(

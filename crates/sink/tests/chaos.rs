@@ -679,7 +679,23 @@ async fn kill_9_and_crash_points_lose_nothing_and_apply_nothing_twice() {
         }
         let when = format!("after the death of {when}");
         watch.sample(&when).await;
-        // Read after the sample: the server logs the cut-off connection as it notices.
+        // The server logs a cut-off connection as its backend notices, which may be only
+        // once a long statement ends: read the log when the dead life's sessions are gone
+        // (all of them, and only they, carry a `pgprism` application name).
+        let what = || format!("{when}: sessions of the dead projector still open");
+        eventually(&log, SAMPLE_EVERY, what, async || {
+            let open: i64 = watch
+                .sql
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgprism%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (open == 0).then_some(())
+        })
+        .await;
         let cut = env.pg.log_contents().matches(CUT_OFF).count() > cut_before;
         if killed_streaming {
             tally.kills_cutting_a_sink_transaction += usize::from(cut);

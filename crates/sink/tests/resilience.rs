@@ -52,9 +52,32 @@ async fn a_lock_wait_shrinks_the_batch_and_the_flush_is_retried() {
         .batch_execute("BEGIN; LOCK TABLE products_copy IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
+    // Held until the sink's flush has waited for it in two transactions: the first one's
+    // lock wait timed out and the batch was retried (a fixed delay could end before a slow
+    // machine's first flush even started).
+    let watcher = env.client().await;
     let release = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut waits = std::collections::BTreeSet::new();
+        while waits.len() < 2 && std::time::Instant::now() < deadline {
+            for row in watcher
+                .query(
+                    "SELECT xact_start::text FROM pg_stat_activity
+                      WHERE application_name LIKE 'pgprism sink %' AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap()
+            {
+                waits.insert(row.get::<_, String>(0));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         blocker.batch_execute("COMMIT").await.unwrap();
+        assert!(
+            waits.len() >= 2,
+            "the flush never waited for the lock twice: {waits:?}"
+        );
     });
     let reports = env.run_with(&mut projector, 0).await;
     release.await.unwrap();
