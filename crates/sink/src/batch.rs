@@ -126,16 +126,22 @@ impl Batch {
 
     /// Fold one operation into the batch.
     pub fn push(&mut self, key: Key, mut entry: Entry) {
-        if let Some(prev) = self.entries.get(&key)
-            && let (Op::Upsert(old), Op::Upsert(new)) = (&prev.op, &mut entry.op)
-        {
-            for (n, o) in new.iter_mut().zip(old) {
-                if *n == TupleValue::UnchangedToast {
-                    *n = o.clone();
+        match self.entries.entry(key) {
+            indexmap::map::Entry::Occupied(mut prev) => {
+                if let (Op::Upsert(old), Op::Upsert(new)) = (&prev.get().op, &mut entry.op) {
+                    for (n, o) in new.iter_mut().zip(old) {
+                        if *n == TupleValue::UnchangedToast {
+                            *n = o.clone();
+                        }
+                    }
                 }
+                // The key keeps its first-seen place.
+                prev.insert(entry);
+            }
+            indexmap::map::Entry::Vacant(slot) => {
+                slot.insert(entry);
             }
         }
-        self.entries.insert(key, entry);
     }
 
     /// Everything before is void: the target is emptied first.

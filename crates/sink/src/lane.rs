@@ -133,7 +133,7 @@ pub(crate) async fn connect(config: &Config, what: &str) -> Result<Client, SinkE
     client
         .batch_execute(
             "SET DateStyle = ISO; SET IntervalStyle = postgres; SET TimeZone = 'UTC'; \
-             SET extra_float_digits = 3",
+             SET extra_float_digits = 3; SET client_min_messages = warning",
         )
         .await
         .map_err(SinkError::pg(what, "setting session formats"))?;
@@ -234,19 +234,23 @@ impl Lane {
             return Ok(false);
         };
         let shape = m.shape(relation)?;
+        // Pointer comparisons first: the shape is the same `Arc` until the relation changes.
+        let same = |a: &Arc<Shape>| Arc::ptr_eq(a, &shape) || **a == *shape;
         let differs = match &self.pending {
-            Some(Pending::Rows(b)) => *b.shape != *shape && !b.is_empty(),
+            Some(Pending::Rows(b)) => !same(&b.shape) && !b.is_empty(),
             _ => false,
         };
         if !differs {
-            if self.shape.as_deref() != Some(&*shape) {
+            if !self.shape.as_ref().is_some_and(same) {
                 if let Writer::Postgres(w) = &self.writer {
                     let table = &w.table;
                     table.check_shape(&shape)?;
                 }
                 self.shape = Some(shape.clone());
             }
-            if let Some(Pending::Rows(b)) = &mut self.pending {
+            if let Some(Pending::Rows(b)) = &mut self.pending
+                && !Arc::ptr_eq(&b.shape, &shape)
+            {
                 Arc::make_mut(b).shape = shape;
             }
         }
@@ -358,6 +362,7 @@ impl Lane {
         if let Writer::Postgres(w) = &mut self.writer {
             if w.client.batch_execute("ROLLBACK").await.is_ok() {
                 w.in_tx = false;
+                w.table.transaction_ended();
             }
             w.replay_flushes = 0;
         }
@@ -374,6 +379,7 @@ impl Lane {
                 Ok(c) => {
                     w.client = c;
                     w.in_tx = false;
+                    w.table.transaction_ended();
                 }
                 Err(e) => {
                     tracing::warn!(target_name = %self.name, error = %e, "reconnecting to the sink failed")
@@ -481,6 +487,7 @@ impl Lane {
                         .batch_execute(begin)
                         .await
                         .map_err(SinkError::pg(&self.name, "beginning the sink transaction"))?;
+                    table.transaction_ended();
                     *in_tx = true;
                 }
                 let client = &*client;
@@ -526,11 +533,13 @@ impl Lane {
                     Ok((written, dead)) => {
                         *replay_flushes = 0;
                         *in_tx = false;
+                        table.transaction_ended();
                         Ok((written, dead, true))
                     }
                     Err(e) => {
                         if *replay_flushes == 0 && client.batch_execute("ROLLBACK").await.is_ok() {
                             *in_tx = false;
+                            table.transaction_ended();
                         }
                         Err(e)
                     }

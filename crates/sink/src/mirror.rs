@@ -33,7 +33,7 @@ struct Map {
 /// A mirror projection's change mapping.
 #[derive(Debug)]
 pub struct Mirror {
-    name: String,
+    name: Arc<str>,
     schema: String,
     table: String,
     qualified: Arc<str>,
@@ -47,7 +47,7 @@ impl Mirror {
     /// A mirror of `spec.source`, keyed by `key` (source column names).
     pub fn new(spec: &MirrorSpec, schema: String, table: String, key: Vec<String>) -> Mirror {
         Mirror {
-            name: spec.name.clone(),
+            name: spec.name.as_str().into(),
             qualified: format!("{schema}.{table}").into(),
             schema,
             table,

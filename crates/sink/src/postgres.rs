@@ -11,25 +11,48 @@
 //! whole rows, and one `UPDATE … FROM unnest(…)` per set of present columns for rows with
 //! unchanged TOASTed values (those columns are left alone; nothing is ever written in
 //! their place).
+//!
+//! Large sets of whole rows (a backlog, a replay, a bulk load upstream) take the bulk
+//! path instead: `COPY` in text format into a session-local staging table whose columns
+//! have the target's types (so `COPY` runs the same input functions the casts would), then
+//! one `INSERT … SELECT … FROM stage ON CONFLICT (key) DO UPDATE`. The staging table is
+//! `ON COMMIT DELETE ROWS`, so a committed or rolled-back transaction leaves it empty;
+//! inside one transaction a second use empties it first.
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use bytes::{Bytes, BytesMut};
+use futures_util::SinkExt;
 use pgprism_decoder::pgoutput::TupleValue;
 use pgprism_decoder::stream::quote_ident;
-use tokio_postgres::GenericClient;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{GenericClient, SimpleQueryMessage};
 
 use crate::batch::{Entry, Key, Op, Shape};
 use crate::error::SinkError;
 
+/// Whole-row upserts from this many on go through `COPY` and a staging table; fewer take
+/// one `unnest` statement (one round trip instead of three).
+pub const COPY_MIN_ROWS: usize = 512;
+
+/// `COPY` data is sent in pieces of about this size, so the server parses while the next
+/// piece is formatted.
+const COPY_PIECE: usize = 256 * 1024;
+
 /// A target table as its catalog describes it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PgTable {
     target: String,
     /// `"schema"."table"`.
     quoted: String,
     /// Column name → SQL type (`format_type`).
     types: HashMap<String, String>,
+    /// A staging table may hold rows of the open transaction (it is known empty after a
+    /// commit or rollback: see [`PgTable::transaction_ended`]).
+    staged: AtomicBool,
 }
 
 /// What one application did.
@@ -77,7 +100,13 @@ impl PgTable {
             target: target.to_owned(),
             quoted: format!("{}.{}", quote_ident(schema), quote_ident(table)),
             types: rows.into_iter().map(|r| (r.get(0), r.get(1))).collect(),
+            staged: AtomicBool::new(false),
         })
+    }
+
+    /// The sink transaction committed or rolled back: staging tables are empty again.
+    pub fn transaction_ended(&self) {
+        self.staged.store(false, Ordering::Relaxed);
     }
 
     /// The quoted table name.
@@ -202,16 +231,9 @@ impl PgTable {
         self.run(tx, &sql, &arrays, "deleting rows").await
     }
 
-    async fn upsert(
-        &self,
-        tx: &impl GenericClient,
-        shape: &Shape,
-        rows: &[&[TupleValue]],
-    ) -> Result<u64, SinkError> {
-        let n = shape.columns.len();
-        let arrays = (0..n)
-            .map(|j| rows.iter().map(|r| cell(&self.target, &r[j])).collect())
-            .collect::<Result<Vec<Vec<Option<&str>>>, SinkError>>()?;
+    /// `INSERT … ON CONFLICT (key) DO UPDATE` (or `DO NOTHING` when every column is key)
+    /// from `source`, whose columns are `c0 …` in shape order; `cast` converts them.
+    fn upsert_sql(&self, shape: &Shape, source: &str, cast: bool) -> String {
         let cols = shape
             .columns
             .iter()
@@ -222,7 +244,10 @@ impl PgTable {
             .columns
             .iter()
             .enumerate()
-            .map(|(j, c)| format!("u.c{j}::{}", self.cast(&c.name)))
+            .map(|(j, c)| match cast {
+                true => format!("u.c{j}::{}", self.cast(&c.name)),
+                false => format!("u.c{j}"),
+            })
             .collect::<Vec<_>>()
             .join(", ");
         let key = shape
@@ -242,14 +267,105 @@ impl PgTable {
         } else {
             format!("UPDATE SET {}", set.join(", "))
         };
-        let sql = format!(
-            "INSERT INTO {} AS t ({cols}) SELECT {select} FROM {} AS u({}) \
+        format!(
+            "INSERT INTO {} AS t ({cols}) SELECT {select} FROM {source} \
              ON CONFLICT ({key}) DO {action}",
             self.quoted,
-            unnest(n),
-            aliases(n)
-        );
+        )
+    }
+
+    async fn upsert(
+        &self,
+        tx: &impl GenericClient,
+        shape: &Shape,
+        rows: &[&[TupleValue]],
+    ) -> Result<u64, SinkError> {
+        if rows.len() >= COPY_MIN_ROWS {
+            return self.upsert_copy(tx, shape, rows).await;
+        }
+        let n = shape.columns.len();
+        let arrays = (0..n)
+            .map(|j| rows.iter().map(|r| cell(&self.target, &r[j])).collect())
+            .collect::<Result<Vec<Vec<Option<&str>>>, SinkError>>()?;
+        let source = format!("{} AS u({})", unnest(n), aliases(n));
+        let sql = self.upsert_sql(shape, &source, true);
         self.run(tx, &sql, &arrays, "upserting rows").await
+    }
+
+    /// The bulk path: `COPY` into the staging table, then one upsert from it.
+    async fn upsert_copy(
+        &self,
+        tx: &impl GenericClient,
+        shape: &Shape,
+        rows: &[&[TupleValue]],
+    ) -> Result<u64, SinkError> {
+        let types: Vec<&str> = shape.columns.iter().map(|c| self.cast(&c.name)).collect();
+        let stage = {
+            let mut h = DefaultHasher::new();
+            (&self.quoted, &types).hash(&mut h);
+            quote_ident(&format!("pgprism_stage_{:016x}", h.finish()))
+        };
+        let columns = types
+            .iter()
+            .enumerate()
+            .map(|(j, t)| format!("c{j} {t}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut prepare =
+            format!("CREATE TEMP TABLE IF NOT EXISTS {stage} ({columns}) ON COMMIT DELETE ROWS");
+        if self.staged.swap(true, Ordering::Relaxed) {
+            // Used before in this transaction (a replay across flushes, a bisection).
+            prepare.push_str(&format!("; TRUNCATE pg_temp.{stage}"));
+        }
+        tx.batch_execute(&prepare)
+            .await
+            .map_err(SinkError::pg(&self.target, "preparing the staging table"))?;
+
+        let copy = tx
+            .client()
+            .copy_in::<_, Bytes>(&format!("COPY pg_temp.{stage} FROM STDIN"))
+            .await
+            .map_err(SinkError::pg(
+                &self.target,
+                "starting COPY into the staging table",
+            ))?;
+        let mut copy = pin!(copy);
+        let mut buf = BytesMut::with_capacity(COPY_PIECE + 4096);
+        for row in rows {
+            copy_row(&mut buf, row);
+            if buf.len() >= COPY_PIECE {
+                copy.send(buf.split().freeze())
+                    .await
+                    .map_err(SinkError::pg(
+                        &self.target,
+                        "copying rows into the staging table",
+                    ))?;
+            }
+        }
+        if !buf.is_empty() {
+            copy.send(buf.freeze()).await.map_err(SinkError::pg(
+                &self.target,
+                "copying rows into the staging table",
+            ))?;
+        }
+        copy.as_mut().finish().await.map_err(SinkError::pg(
+            &self.target,
+            "copying rows into the staging table",
+        ))?;
+
+        let source = format!("pg_temp.{stage} AS u");
+        let sql = self.upsert_sql(shape, &source, false);
+        let done = tx
+            .simple_query(&sql)
+            .await
+            .map_err(SinkError::pg(&self.target, "upserting rows"))?;
+        Ok(done
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::CommandComplete(n) => Some(*n),
+                _ => None,
+            })
+            .unwrap_or(0))
     }
 
     async fn update_present(
@@ -319,9 +435,12 @@ impl PgTable {
         arrays: &[Vec<Option<&str>>],
         context: &'static str,
     ) -> Result<u64, SinkError> {
-        let params: Vec<&(dyn ToSql + Sync)> =
-            arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-        tx.execute(sql, &params)
+        // Typed parameters: one round trip, no separate prepare.
+        let params: Vec<(&(dyn ToSql + Sync), Type)> = arrays
+            .iter()
+            .map(|a| (a as &(dyn ToSql + Sync), Type::TEXT_ARRAY))
+            .collect();
+        tx.execute_typed(sql, &params)
             .await
             .map_err(SinkError::pg(&self.target, context))
     }
@@ -341,6 +460,37 @@ fn cell<'a>(target: &str, v: &'a TupleValue) -> Result<Option<&'a str>, SinkErro
         TupleValue::Text(b) | TupleValue::Binary(b) => text(target, b).map(Some),
         TupleValue::Null | TupleValue::UnchangedToast => Ok(None),
     }
+}
+
+/// One row in `COPY` text format: tab-separated, `\N` for NULL, backslash escapes.
+fn copy_row(buf: &mut BytesMut, row: &[TupleValue]) {
+    for (j, v) in row.iter().enumerate() {
+        if j > 0 {
+            buf.extend_from_slice(b"\t");
+        }
+        match v {
+            TupleValue::Text(b) | TupleValue::Binary(b) => copy_escape(buf, b),
+            TupleValue::Null | TupleValue::UnchangedToast => buf.extend_from_slice(b"\\N"),
+        }
+    }
+    buf.extend_from_slice(b"\n");
+}
+
+fn copy_escape(buf: &mut BytesMut, mut value: &[u8]) {
+    while let Some(i) = value
+        .iter()
+        .position(|c| matches!(c, b'\\' | b'\n' | b'\r' | b'\t'))
+    {
+        buf.extend_from_slice(&value[..i]);
+        buf.extend_from_slice(match value[i] {
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            _ => b"\\t",
+        });
+        value = &value[i + 1..];
+    }
+    buf.extend_from_slice(value);
 }
 
 /// `unnest($1::text[], …, $n::text[])`

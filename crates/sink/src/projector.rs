@@ -8,7 +8,7 @@
 //! resuming from its own stored offset skips every change its offset covers, so lanes that
 //! were ahead of the others re-apply nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::future::try_join_all;
 use pgprism_decoder::Lsn;
 use pgprism_decoder::pgoutput::{Column, Relation, ReplicaIdentity};
-use pgprism_decoder::stream::{SourceDsn, TxnChunk};
+use pgprism_decoder::stream::{ChangeKind, SourceDsn, TxnChunk};
 use pgprism_leader::{Epoch, Offset, PgFence};
 use tokio_postgres::Client;
 
@@ -543,10 +543,16 @@ impl Projector {
     /// Fold a chunk of a transaction in; flush when the batch is full.
     pub async fn push(&mut self, chunk: &TxnChunk) -> Result<Option<FlushReport>, SinkError> {
         let commit_lsn = chunk.txn.commit_lsn;
-        let mut counts: HashMap<(String, &'static str), u64> = HashMap::new();
+        // Counted per relation and named once per chunk, not once per change.
+        let mut counts: Vec<(Option<&Arc<Relation>>, &'static str, u64)> = Vec::new();
         for (i, change) in chunk.changes.iter().enumerate() {
-            if let Some((table, op)) = table_op(&change.kind) {
-                *counts.entry((table, op)).or_default() += 1;
+            let (rel, op) = table_op(&change.kind);
+            match counts
+                .iter_mut()
+                .find(|(r, o, _)| *o == op && r.map(Arc::as_ptr) == rel.map(Arc::as_ptr))
+            {
+                Some((_, _, n)) => *n += 1,
+                None => counts.push((rel, op, 1)),
             }
             let pos = Position {
                 commit_lsn,
@@ -565,7 +571,8 @@ impl Projector {
                 lane.push(&change.kind, pos, chunk.txn.xid)?;
             }
         }
-        for ((table, op), n) in counts {
+        for (rel, op, n) in counts {
+            let table = rel.map(|r| r.qualified_name()).unwrap_or_default();
             metrics::counter!("pgprism_changes_total", "table" => table, "op" => op).increment(n);
         }
         self.changes += chunk.changes.len();
@@ -724,16 +731,13 @@ impl Projector {
 }
 
 /// The source table and operation of a change, for `pgprism_changes_total`.
-fn table_op(kind: &pgprism_decoder::stream::ChangeKind) -> Option<(String, &'static str)> {
-    use pgprism_decoder::stream::ChangeKind;
+fn table_op(kind: &ChangeKind) -> (Option<&Arc<Relation>>, &'static str) {
     match kind {
-        ChangeKind::Insert { relation, .. } => Some((relation.qualified_name(), "insert")),
-        ChangeKind::Update { relation, .. } => Some((relation.qualified_name(), "update")),
-        ChangeKind::Delete { relation, .. } => Some((relation.qualified_name(), "delete")),
-        ChangeKind::Truncate { relations, .. } => {
-            relations.first().map(|r| (r.qualified_name(), "truncate"))
-        }
-        ChangeKind::Message(_) => Some((String::new(), "message")),
+        ChangeKind::Insert { relation, .. } => (Some(relation), "insert"),
+        ChangeKind::Update { relation, .. } => (Some(relation), "update"),
+        ChangeKind::Delete { relation, .. } => (Some(relation), "delete"),
+        ChangeKind::Truncate { relations, .. } => (relations.first(), "truncate"),
+        ChangeKind::Message(_) => (None, "message"),
     }
 }
 
