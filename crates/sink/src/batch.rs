@@ -98,6 +98,10 @@ pub struct Entry {
     pub origin: Origin,
 }
 
+/// Hashes batch keys: much faster than SipHash on short keys, randomly seeded per process
+/// (keys come from the source database, so collisions cannot be chosen offline).
+pub type KeyHasher = foldhash::quality::RandomState;
+
 /// Operations for one target, at most one per key.
 #[derive(Debug, Clone)]
 pub struct Batch {
@@ -106,16 +110,21 @@ pub struct Batch {
     /// Empty the target before applying `entries`.
     pub truncate: Option<Position>,
     /// One operation per key, in first-seen order.
-    pub entries: IndexMap<Key, Entry>,
+    pub entries: IndexMap<Key, Entry, KeyHasher>,
 }
 
 impl Batch {
     /// An empty batch of rows shaped `shape`.
     pub fn new(shape: Arc<Shape>) -> Batch {
+        Batch::with_capacity(shape, 0)
+    }
+
+    /// An empty batch with room for `keys` keys (no rehashing while it fills).
+    pub fn with_capacity(shape: Arc<Shape>, keys: usize) -> Batch {
         Batch {
             shape,
             truncate: None,
-            entries: IndexMap::new(),
+            entries: IndexMap::with_capacity_and_hasher(keys, KeyHasher::default()),
         }
     }
 

@@ -46,8 +46,9 @@ enum Pending {
 /// A Postgres target's session, table and fence.
 pub(crate) struct PgWriter {
     pub(crate) config: Config,
-    pub(crate) client: Client,
-    pub(crate) table: PgTable,
+    /// Shared with a background flush ([`InFlight`]); never used while one runs.
+    pub(crate) client: Arc<Client>,
+    pub(crate) table: Arc<PgTable>,
     pub(crate) fence: PgFence,
     /// Flushes applied in the open replay transaction (0: none open).
     pub(crate) replay_flushes: u32,
@@ -74,6 +75,18 @@ pub struct LaneFlush {
     pub contended: bool,
 }
 
+impl LaneFlush {
+    /// Both flushes' counts.
+    fn and(self, other: LaneFlush) -> LaneFlush {
+        LaneFlush {
+            written: self.written + other.written,
+            dead_letters: self.dead_letters + other.dead_letters,
+            retries: self.retries + other.retries,
+            contended: self.contended || other.contended,
+        }
+    }
+}
+
 /// One projection → one target.
 pub struct Lane {
     pub(crate) name: String,
@@ -86,6 +99,8 @@ pub struct Lane {
     dead: DeadLetters,
     pending: Option<Pending>,
     pending_changes: usize,
+    /// Keys in the last batch written: room reserved in the next one.
+    last_keys: usize,
     /// The shape of the rows (known from the source catalog at start, kept current).
     shape: Option<Arc<Shape>>,
     /// Stored offset.
@@ -100,6 +115,34 @@ pub struct Lane {
     replay_until: Option<Offset>,
     last_commit: Instant,
     backoff: Backoff,
+    /// A Postgres flush applying and committing in the background.
+    inflight: Option<InFlight>,
+}
+
+/// A Postgres flush started by [`Lane::flush_behind`]: its transaction is open, the rows
+/// and the offset are being written by a task while the next batch fills.
+struct InFlight {
+    /// Rows written; or the error and the batch, to flush again the synchronous way (on
+    /// success the task drops the batch, off this task's path).
+    handle: tokio::task::JoinHandle<Result<u64, (SinkError, Arc<Batch>)>>,
+    /// Keys in the batch.
+    keys: usize,
+    changes: usize,
+    to: Offset,
+    ack: Lsn,
+    /// Rows written and dead letters recorded before the task started.
+    written: u64,
+    dead: u64,
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        // Like a flush future dropped mid-way: no further statement is sent, and the
+        // session (closed with the lane) rolls back what was not committed.
+        if let Some(f) = &self.inflight {
+            f.handle.abort();
+        }
+    }
 }
 
 /// Store offsets of lanes with nothing to write at most this often.
@@ -190,6 +233,8 @@ impl Lane {
             source: None,
             pending: None,
             pending_changes: 0,
+            last_keys: 0,
+            inflight: None,
             shape,
             covered: stored,
             ackable: acknowledgeable(stored),
@@ -270,9 +315,9 @@ impl Lane {
                     Some(s) => s.clone(),
                     None => return Err(SinkError::config(&self.name, "no row shape known")),
                 };
-                let pending = self
-                    .pending
-                    .get_or_insert_with(|| Pending::Rows(Arc::new(Batch::new(shape))));
+                let pending = self.pending.get_or_insert_with(|| {
+                    Pending::Rows(Arc::new(Batch::with_capacity(shape, self.last_keys)))
+                });
                 if let Pending::Rows(b) = pending {
                     m.route(kind, pos, Arc::make_mut(b))?;
                 }
@@ -292,8 +337,174 @@ impl Lane {
 
     /// Make everything pushed so far durable and move the offset to `to`, retrying
     /// transient errors with backoff. `ack` is what the slot may be acknowledged to once
-    /// this succeeds.
+    /// this succeeds. A background flush still running is waited for first (and counted).
     pub(crate) async fn flush(&mut self, to: Offset, ack: Lsn) -> Result<LaneFlush, SinkError> {
+        let settled = self.settle().await?;
+        Ok(settled.and(self.flush_now(to, ack).await?))
+    }
+
+    /// Whether a background flush is running.
+    pub(crate) fn is_behind(&self) -> bool {
+        self.inflight.is_some()
+    }
+
+    /// Like [`Lane::flush`], except that a batch of rows for a Postgres target (outside a
+    /// replay) is applied and committed by a background task while the next batch fills:
+    /// routing the next changes overlaps the sink's work. Its offset becomes durable (and
+    /// its counts reported) when a later call waits for it ([`Lane::settle`]); until then
+    /// `stored` and `ackable` stay where they were, so nothing is acknowledged early.
+    pub(crate) async fn flush_behind(
+        &mut self,
+        to: Offset,
+        ack: Lsn,
+    ) -> Result<LaneFlush, SinkError> {
+        let settled = self.settle().await?;
+        let deferrable = matches!(self.pending, Some(Pending::Rows(_)))
+            && self.replay_until.is_none()
+            && matches!(&self.writer, Writer::Postgres(w)
+                if !w.in_tx && w.replay_flushes == 0 && !w.client.is_closed());
+        if deferrable {
+            match self.start_behind(to, ack).await {
+                Ok(()) => return Ok(settled),
+                Err(e) => {
+                    // The synchronous flush below rolls the transaction back, then
+                    // retries, isolates rejected rows and reports.
+                    tracing::debug!(target_name = %self.name, error = %e, "starting a background flush failed");
+                }
+            }
+        }
+        Ok(settled.and(self.flush_now(to, ack).await?))
+    }
+
+    /// The first half of a background flush, in this task: begin, carry out `dlq`
+    /// requests, record held keys, truncate; then hand the rows, the offset and the commit
+    /// to a task.
+    async fn start_behind(&mut self, to: Offset, ack: Lsn) -> Result<(), SinkError> {
+        let to = to.max(self.covered);
+        let (Some(Pending::Rows(batch)), Writer::Postgres(w)) = (&self.pending, &mut self.writer)
+        else {
+            unreachable!("checked by flush_behind");
+        };
+        let batch = batch.clone();
+        let client = w.client.clone();
+        client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(SinkError::pg(&self.name, "beginning the sink transaction"))?;
+        w.in_tx = true;
+        w.table.transaction_ended();
+        let written = requests_pg(
+            &*client,
+            &self.dead,
+            &mut self.logic,
+            &mut self.source,
+            &self.source_config,
+            &w.table,
+            &batch.shape,
+            &self.name,
+        )
+        .await?;
+        let keys: Vec<&Key> = batch.entries.keys().collect();
+        let held: HashSet<String> = self.dead.held(&*client, &keys).await?.into_iter().collect();
+        let (_, hold) = split_held(&batch, &held);
+        self.dead
+            .add(&*client, &batch.shape, &held_letters(&hold))
+            .await?;
+        let dead = hold.len() as u64;
+        if batch.truncate.is_some() {
+            w.table.truncate(&*client).await?;
+        }
+        let (table, fence, name, rows) = (
+            w.table.clone(),
+            w.fence.clone(),
+            self.name.clone(),
+            batch.clone(),
+        );
+        let handle = tokio::spawn(async move {
+            let done: Result<u64, SinkError> = async {
+                let (go, _) = split_held(&rows, &held);
+                let applied = table.apply(&*client, &rows.shape, &go).await?;
+                fence.commit_offset(&*client, to).await?;
+                client
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(SinkError::pg(&name, "committing the sink transaction"))?;
+                Ok(applied.upserted + applied.deleted)
+            }
+            .await;
+            done.map_err(|e| (e, rows))
+        });
+        self.inflight = Some(InFlight {
+            handle,
+            keys: batch.entries.len(),
+            changes: self.pending_changes,
+            to,
+            ack,
+            written,
+            dead,
+        });
+        self.pending = None;
+        self.pending_changes = 0;
+        self.covered = to;
+        Ok(())
+    }
+
+    /// Wait for the background flush, if one runs. Done: its offset is durable and its
+    /// counts are returned. Failed: its transaction is rolled back (nothing of it is
+    /// visible) and its batch is flushed again the synchronous way — retries, rejected
+    /// rows isolated to dead letters — before anything newer.
+    pub(crate) async fn settle(&mut self) -> Result<LaneFlush, SinkError> {
+        let Some(f) = self.inflight.take() else {
+            return Ok(LaneFlush::default());
+        };
+        let outcome = match f.handle.await {
+            Ok(r) => r,
+            Err(e) => {
+                // Its batch went with it: start over from the stored offset.
+                return Err(SinkError::Restart {
+                    target: self.name.clone(),
+                    message: format!("the background flush stopped: {e}"),
+                });
+            }
+        };
+        let Writer::Postgres(w) = &mut self.writer else {
+            unreachable!("only Postgres targets flush in the background");
+        };
+        match outcome {
+            Ok(n) => {
+                w.in_tx = false;
+                w.table.transaction_ended();
+                self.stored = f.to;
+                self.ackable = self.ackable.max(f.ack);
+                self.last_commit = Instant::now();
+                self.last_keys = f.keys;
+                Ok(LaneFlush {
+                    written: f.written + n,
+                    dead_letters: f.dead,
+                    ..LaneFlush::default()
+                })
+            }
+            Err((e, batch)) => {
+                if w.client.batch_execute("ROLLBACK").await.is_ok() {
+                    w.in_tx = false;
+                    w.table.transaction_ended();
+                }
+                if e.is_fenced() {
+                    return Err(e);
+                }
+                tracing::warn!(target_name = %self.name, error = %e, "the background flush failed; flushing its batch again");
+                let newer = self.pending.replace(Pending::Rows(batch));
+                let newer_changes = std::mem::replace(&mut self.pending_changes, f.changes);
+                let redone = self.flush_now(f.to, f.ack).await;
+                self.pending = newer;
+                self.pending_changes = newer_changes;
+                redone
+            }
+        }
+    }
+
+    /// [`Lane::flush`] without waiting for a background flush (there is none).
+    async fn flush_now(&mut self, to: Offset, ack: Lsn) -> Result<LaneFlush, SinkError> {
         let to = to.max(self.covered);
         let idle = self.pending.is_none();
         let replay_ends = self.replay_until.is_some_and(|hwm| to >= hwm);
@@ -314,6 +525,9 @@ impl Lane {
                 Ok((written, dead, durable)) => {
                     report.written = written;
                     report.dead_letters = dead;
+                    if let Some(Pending::Rows(b)) = &self.pending {
+                        self.last_keys = b.entries.len();
+                    }
                     self.pending = None;
                     self.pending_changes = 0;
                     self.covered = to;
@@ -377,7 +591,7 @@ impl Lane {
         {
             match connect(&w.config, &self.name).await {
                 Ok(c) => {
-                    w.client = c;
+                    w.client = Arc::new(c);
                     w.in_tx = false;
                     w.table.transaction_ended();
                 }
@@ -435,7 +649,7 @@ impl Lane {
         let shape = q.prepare(source).await?;
         match &mut self.writer {
             Writer::Postgres(w) => {
-                let (client, table) = (&w.client, &w.table);
+                let (client, table) = (&*w.client, &w.table);
                 let cols = shape
                     .key_names()
                     .map(|n| format!("{}::text", pgprism_decoder::stream::quote_ident(n)))
@@ -490,7 +704,7 @@ impl Lane {
                     table.transaction_ended();
                     *in_tx = true;
                 }
-                let client = &*client;
+                let client: &Client = client;
                 let result: Result<(u64, u64), SinkError> = async {
                     let (mut written, mut dead) = (0, 0);
                     if let Some(shape) = &shape {
@@ -603,19 +817,24 @@ impl Lane {
     /// Rewind this lane's offset to `to` (a replay; never forward: a lane behind `to`
     /// keeps its offset); the caller restarts the stream.
     pub(crate) async fn rewind(&mut self, to: Offset) -> Result<(), SinkError> {
+        self.settle().await?;
         let to = to.min(self.stored);
         if self.replay_open() {
             self.abandon_replay().await;
         }
         match &mut self.writer {
             Writer::Postgres(w) => {
-                let tx = w
-                    .client
-                    .transaction()
+                let client = &*w.client;
+                client
+                    .batch_execute("BEGIN")
                     .await
                     .map_err(SinkError::pg(&self.name, "beginning the rewind"))?;
-                w.fence.rewind(&tx, to).await?;
-                tx.commit()
+                if let Err(e) = w.fence.rewind(client, to).await {
+                    client.batch_execute("ROLLBACK").await.ok();
+                    return Err(e.into());
+                }
+                client
+                    .batch_execute("COMMIT")
                     .await
                     .map_err(SinkError::pg(&self.name, "committing the rewind"))?;
                 if self.stored > to {

@@ -80,7 +80,8 @@ pub struct FlushReport {
     pub lanes: Vec<(String, LaneFlush)>,
     /// How long the flush took.
     pub took: Duration,
-    /// The offset now durable in every lane.
+    /// The offset flushed to: durable in every lane once no background flush runs
+    /// ([`Projector::has_unflushed`] is false).
     pub offset: Offset,
 }
 
@@ -118,6 +119,9 @@ pub struct Projector {
     oldest: Option<Instant>,
     /// Commit time (µs since 2000-01-01) of the first transaction pushed since the last flush.
     oldest_commit: Option<i64>,
+    /// While lanes flush in the background: when that flush started, and the commit time
+    /// of its oldest change (not durable yet, so still lag).
+    behind: Option<(Instant, i64)>,
     /// Everything pushed so far.
     next: Offset,
     /// The end of the last whole transaction pushed.
@@ -470,8 +474,8 @@ impl Projector {
                         (
                             Writer::Postgres(Box::new(PgWriter {
                                 config,
-                                client,
-                                table,
+                                client: Arc::new(client),
+                                table: Arc::new(table),
                                 fence,
                                 replay_flushes: 0,
                                 in_tx: false,
@@ -520,6 +524,7 @@ impl Projector {
             changes: 0,
             oldest: None,
             oldest_commit: None,
+            behind: None,
             last_end: acknowledgeable(next),
             next,
             lanes,
@@ -579,10 +584,13 @@ impl Projector {
         self.oldest.get_or_insert_with(Instant::now);
         if self.oldest_commit.is_none() {
             self.oldest_commit = Some(chunk.txn.commit_time);
-            // Zero means "nothing pending": a commit at the Postgres epoch itself is 1 µs off.
-            self.clock
-                .oldest_pending_us
-                .store(chunk.txn.commit_time.max(1), Ordering::Relaxed);
+            if self.behind.is_none() {
+                // Zero means "nothing pending": a commit at the Postgres epoch itself is
+                // 1 µs off.
+                self.clock
+                    .oldest_pending_us
+                    .store(chunk.txn.commit_time.max(1), Ordering::Relaxed);
+            }
         }
         self.next = match chunk.end {
             Some(end) => {
@@ -594,7 +602,8 @@ impl Projector {
             }
         };
         if self.pending() >= self.size.size() {
-            return self.flush().await.map(Some);
+            // The next changes are routed while this batch is written.
+            return self.flush_with(true).await.map(Some);
         }
         Ok(None)
     }
@@ -608,14 +617,19 @@ impl Projector {
             .unwrap_or(0)
     }
 
-    /// Whether changes were pushed since the last flush.
+    /// Whether changes were pushed since the last flush, or a flush still runs in the
+    /// background.
     pub fn has_unflushed(&self) -> bool {
-        self.oldest.is_some()
+        self.oldest.is_some() || self.behind.is_some()
     }
 
-    /// When the oldest waiting change must be flushed.
+    /// When the oldest waiting change must be flushed (or a background flush waited for).
     pub fn flush_deadline(&self) -> Option<Instant> {
-        self.oldest.map(|t| t + self.max_age)
+        let behind = self.behind.map(|(t, _)| t);
+        match (self.oldest, behind) {
+            (Some(a), Some(b)) => Some(a.min(b) + self.max_age),
+            (a, b) => a.or(b).map(|t| t + self.max_age),
+        }
     }
 
     /// The current adaptive batch size.
@@ -625,6 +639,13 @@ impl Projector {
 
     /// Make everything pushed so far durable in every target.
     pub async fn flush(&mut self) -> Result<FlushReport, SinkError> {
+        self.flush_with(false).await
+    }
+
+    /// Flush; with `behind`, Postgres lanes may write in the background (see
+    /// [`Lane::flush_behind`]). Reports count what became durable during the call,
+    /// background flushes of earlier calls included.
+    async fn flush_with(&mut self, behind: bool) -> Result<FlushReport, SinkError> {
         let started = Instant::now();
         let to = self.next;
         let ack = if to.changes_done == 0 {
@@ -633,9 +654,24 @@ impl Projector {
             self.last_end
         };
         let rows = self.pending();
-        let results = try_join_all(self.lanes.iter_mut().map(|l| l.flush(to, ack))).await?;
+        let results = try_join_all(self.lanes.iter_mut().map(|l| async move {
+            match behind {
+                true => l.flush_behind(to, ack).await,
+                false => l.flush(to, ack).await,
+            }
+        }))
+        .await?;
         let took = started.elapsed();
-        self.clock.oldest_pending_us.store(0, Ordering::Relaxed);
+        // What is not durable yet: the batch the lanes now write in the background.
+        self.behind = match (self.lanes.iter().any(Lane::is_behind), self.oldest_commit) {
+            (true, Some(commit)) => Some((Instant::now(), commit)),
+            (true, None) => self.behind.map(|(_, c)| (Instant::now(), c)),
+            (false, _) => None,
+        };
+        let oldest = self.behind.map_or(0, |(_, c)| c.max(1));
+        self.clock
+            .oldest_pending_us
+            .store(oldest, Ordering::Relaxed);
         for (lane, r) in self.lanes.iter().zip(&results) {
             if r.written > 0 || r.dead_letters > 0 {
                 metrics::histogram!("pgprism_batch_flush_duration_seconds", "sink" => lane.sink.clone())
@@ -691,7 +727,11 @@ impl Projector {
     /// How long the oldest change not yet durable has waited since its commit (zero when
     /// everything pushed is durable).
     pub fn lag(&self) -> Duration {
-        self.oldest_commit.map(lag_of).unwrap_or_default()
+        self.behind
+            .map(|(_, c)| c)
+            .or(self.oldest_commit)
+            .map(lag_of)
+            .unwrap_or_default()
     }
 
     /// Per-target offsets and pending changes.
