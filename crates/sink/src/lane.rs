@@ -11,13 +11,14 @@
 //! Rows the target rejects are isolated by bisecting the batch under savepoints, so one
 //! bad row costs a few extra statements, not a row-by-row batch.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgprism_decoder::Lsn;
 use pgprism_decoder::stream::{Backoff, ChangeKind};
 use pgprism_leader::{Offset, PgFence};
+use tokio::sync::oneshot;
 use tokio_postgres::{Client, Config, GenericClient, NoTls};
 
 use crate::batch::{Batch, Entry, Key, Position, Shape, key_from_json, key_json, op_from_json};
@@ -54,6 +55,29 @@ pub(crate) struct PgWriter {
     pub(crate) replay_flushes: u32,
     /// A transaction is open on `client` (a flush cancelled mid-way leaves one behind).
     pub(crate) in_tx: bool,
+    /// A second session for background flushes, opened on first use: one batch's rows are
+    /// copied into its staging table while the previous batch is applied on the other.
+    pub(crate) alt: Option<AltSession>,
+}
+
+/// The second session of a Postgres target (see [`PgWriter::alt`]).
+pub(crate) struct AltSession {
+    client: Arc<Client>,
+    table: Arc<PgTable>,
+    in_tx: bool,
+}
+
+impl PgWriter {
+    /// Session 0 (the main one) or 1 (the second): client, table, open-transaction flag.
+    fn session(&mut self, s: usize) -> Option<(Arc<Client>, Arc<PgTable>, &mut bool)> {
+        match s {
+            0 => Some((self.client.clone(), self.table.clone(), &mut self.in_tx)),
+            _ => self
+                .alt
+                .as_mut()
+                .map(|a| (a.client.clone(), a.table.clone(), &mut a.in_tx)),
+        }
+    }
 }
 
 /// Where a lane writes.
@@ -115,8 +139,11 @@ pub struct Lane {
     replay_until: Option<Offset>,
     last_commit: Instant,
     backoff: Backoff,
-    /// A Postgres flush applying and committing in the background.
-    inflight: Option<InFlight>,
+    /// Postgres flushes applying and committing in the background, oldest first (at most
+    /// one per session).
+    inflight: VecDeque<InFlight>,
+    /// The session the next background flush uses.
+    next_session: usize,
 }
 
 /// A Postgres flush started by [`Lane::flush_behind`]: its transaction is open, the rows
@@ -125,6 +152,11 @@ struct InFlight {
     /// Rows written; or the error and the batch, to flush again the synchronous way (on
     /// success the task drops the batch, off this task's path).
     handle: tokio::task::JoinHandle<Result<u64, (SinkError, Arc<Batch>)>>,
+    /// Its session (see [`PgWriter::session`]).
+    session: usize,
+    /// Whether it committed, for the next background flush (which applies its rows only
+    /// after it); taken by that one.
+    done: Option<oneshot::Receiver<bool>>,
     /// Keys in the batch.
     keys: usize,
     changes: usize,
@@ -139,7 +171,7 @@ impl Drop for Lane {
     fn drop(&mut self) {
         // Like a flush future dropped mid-way: no further statement is sent, and the
         // session (closed with the lane) rolls back what was not committed.
-        if let Some(f) = &self.inflight {
+        for f in &self.inflight {
             f.handle.abort();
         }
     }
@@ -234,7 +266,8 @@ impl Lane {
             pending: None,
             pending_changes: 0,
             last_keys: 0,
-            inflight: None,
+            inflight: VecDeque::new(),
+            next_session: 0,
             shape,
             covered: stored,
             ackable: acknowledgeable(stored),
@@ -345,65 +378,111 @@ impl Lane {
 
     /// Whether a background flush is running.
     pub(crate) fn is_behind(&self) -> bool {
-        self.inflight.is_some()
+        !self.inflight.is_empty()
     }
 
     /// Like [`Lane::flush`], except that a batch of rows for a Postgres target (outside a
     /// replay) is applied and committed by a background task while the next batch fills:
-    /// routing the next changes overlaps the sink's work. Its offset becomes durable (and
-    /// its counts reported) when a later call waits for it ([`Lane::settle`]); until then
+    /// routing the next changes overlaps the sink's work, and two sessions take turns, so
+    /// one batch is copied into a staging table while the one before it is applied. Batches
+    /// still apply and commit strictly in order. An offset becomes durable (and its counts
+    /// reported) when a later call waits for its flush ([`Lane::settle`]); until then
     /// `stored` and `ackable` stay where they were, so nothing is acknowledged early.
     pub(crate) async fn flush_behind(
         &mut self,
         to: Offset,
         ack: Lsn,
     ) -> Result<LaneFlush, SinkError> {
-        let settled = self.settle().await?;
-        let deferrable = matches!(self.pending, Some(Pending::Rows(_)))
-            && self.replay_until.is_none()
-            && matches!(&self.writer, Writer::Postgres(w)
-                if !w.in_tx && w.replay_flushes == 0 && !w.client.is_closed());
+        let mut settled = LaneFlush::default();
+        // The session this batch needs is busy with the oldest flush: wait for that one.
+        while self
+            .inflight
+            .front()
+            .is_some_and(|f| f.session == self.next_session)
+        {
+            settled = settled.and(self.settle_one().await?);
+        }
+        let deferrable = match (&self.pending, &self.writer) {
+            (Some(Pending::Rows(b)), Writer::Postgres(w)) => {
+                self.replay_until.is_none()
+                    && w.replay_flushes == 0
+                    // A truncate waits for the table lock the flush before holds.
+                    && (b.truncate.is_none() || self.inflight.is_empty())
+            }
+            _ => false,
+        };
         if deferrable {
             match self.start_behind(to, ack).await {
                 Ok(()) => return Ok(settled),
                 Err(e) => {
-                    // The synchronous flush below rolls the transaction back, then
-                    // retries, isolates rejected rows and reports.
+                    // The synchronous flush below waits for the others, then retries,
+                    // isolates rejected rows and reports.
                     tracing::debug!(target_name = %self.name, error = %e, "starting a background flush failed");
+                    if let Some((client, table, in_tx)) =
+                        w_session(&mut self.writer, self.next_session)
+                        && *in_tx
+                        && client.batch_execute("ROLLBACK").await.is_ok()
+                    {
+                        *in_tx = false;
+                        table.transaction_ended();
+                    }
                 }
             }
         }
-        Ok(settled.and(self.flush_now(to, ack).await?))
+        Ok(settled.and(self.flush(to, ack).await?))
     }
 
     /// The first half of a background flush, in this task: begin, carry out `dlq`
-    /// requests, record held keys, truncate; then hand the rows, the offset and the commit
-    /// to a task.
+    /// requests (only with no other flush running), record held keys, truncate; then hand
+    /// the rows, the offset and the commit to a task.
     async fn start_behind(&mut self, to: Offset, ack: Lsn) -> Result<(), SinkError> {
         let to = to.max(self.covered);
+        let s = self.next_session;
         let (Some(Pending::Rows(batch)), Writer::Postgres(w)) = (&self.pending, &mut self.writer)
         else {
             unreachable!("checked by flush_behind");
         };
         let batch = batch.clone();
-        let client = w.client.clone();
+        if s == 1 && w.alt.as_ref().is_none_or(|a| a.client.is_closed()) {
+            let client = connect(&w.config, &self.name).await?;
+            w.alt = Some(AltSession {
+                client: Arc::new(client),
+                table: Arc::new(w.table.for_another_session()),
+                in_tx: false,
+            });
+        }
+        let fence = w.fence.clone();
+        let (client, table, in_tx) = w.session(s).expect("opened above");
+        if client.is_closed() {
+            return Err(SinkError::Restart {
+                target: self.name.clone(),
+                message: "the sink session is closed".to_owned(),
+            });
+        }
+        if *in_tx {
+            // Left by a flush cancelled mid-way.
+            client.batch_execute("ROLLBACK").await.ok();
+        }
         client
             .batch_execute("BEGIN")
             .await
             .map_err(SinkError::pg(&self.name, "beginning the sink transaction"))?;
-        w.in_tx = true;
-        w.table.transaction_ended();
-        let written = requests_pg(
-            &*client,
-            &self.dead,
-            &mut self.logic,
-            &mut self.source,
-            &self.source_config,
-            &w.table,
-            &batch.shape,
-            &self.name,
-        )
-        .await?;
+        *in_tx = true;
+        table.transaction_ended();
+        let mut written = 0;
+        if self.inflight.is_empty() {
+            written = requests_pg(
+                &*client,
+                &self.dead,
+                &mut self.logic,
+                &mut self.source,
+                &self.source_config,
+                &table,
+                &batch.shape,
+                &self.name,
+            )
+            .await?;
+        }
         let keys: Vec<&Key> = batch.entries.keys().collect();
         let held: HashSet<String> = self.dead.held(&*client, &keys).await?.into_iter().collect();
         let (_, hold) = split_held(&batch, &held);
@@ -412,18 +491,27 @@ impl Lane {
             .await?;
         let dead = hold.len() as u64;
         if batch.truncate.is_some() {
-            w.table.truncate(&*client).await?;
+            table.truncate(&*client).await?;
         }
-        let (table, fence, name, rows) = (
-            w.table.clone(),
-            w.fence.clone(),
-            self.name.clone(),
-            batch.clone(),
-        );
+        let before = self.inflight.back_mut().and_then(|f| f.done.take());
+        let (done_tx, done_rx) = oneshot::channel();
+        let (name, rows) = (self.name.clone(), batch.clone());
         let handle = tokio::spawn(async move {
             let done: Result<u64, SinkError> = async {
                 let (go, _) = split_held(&rows, &held);
-                let applied = table.apply(&*client, &rows.shape, &go).await?;
+                // Staged while the flush before applies; applied only once it committed.
+                let stage = table.stage(&*client, &rows.shape, &go).await?;
+                if let Some(before) = before
+                    && before.await != Ok(true)
+                {
+                    return Err(SinkError::Restart {
+                        target: name.clone(),
+                        message: "the flush before this one failed".to_owned(),
+                    });
+                }
+                let applied = table
+                    .apply_staged(&*client, &rows.shape, &go, stage)
+                    .await?;
                 fence.commit_offset(&*client, to).await?;
                 client
                     .batch_execute("COMMIT")
@@ -432,10 +520,13 @@ impl Lane {
                 Ok(applied.upserted + applied.deleted)
             }
             .await;
+            done_tx.send(done.is_ok()).ok();
             done.map_err(|e| (e, rows))
         });
-        self.inflight = Some(InFlight {
+        self.inflight.push_back(InFlight {
             handle,
+            session: s,
+            done: Some(done_rx),
             keys: batch.entries.len(),
             changes: self.pending_changes,
             to,
@@ -443,18 +534,28 @@ impl Lane {
             written,
             dead,
         });
+        self.next_session = 1 - s;
         self.pending = None;
         self.pending_changes = 0;
         self.covered = to;
         Ok(())
     }
 
-    /// Wait for the background flush, if one runs. Done: its offset is durable and its
-    /// counts are returned. Failed: its transaction is rolled back (nothing of it is
-    /// visible) and its batch is flushed again the synchronous way — retries, rejected
-    /// rows isolated to dead letters — before anything newer.
+    /// Wait for every background flush (see [`Lane::settle_one`]).
     pub(crate) async fn settle(&mut self) -> Result<LaneFlush, SinkError> {
-        let Some(f) = self.inflight.take() else {
+        let mut settled = LaneFlush::default();
+        while !self.inflight.is_empty() {
+            settled = settled.and(self.settle_one().await?);
+        }
+        Ok(settled)
+    }
+
+    /// Wait for the oldest background flush. Done: its offset is durable and its counts
+    /// are returned. Failed: its transaction and those of the flushes after it (which
+    /// never apply before it commits) are rolled back, and their batches are flushed again
+    /// the synchronous way, in order — retries, rejected rows isolated to dead letters.
+    async fn settle_one(&mut self) -> Result<LaneFlush, SinkError> {
+        let Some(f) = self.inflight.pop_front() else {
             return Ok(LaneFlush::default());
         };
         let outcome = match f.handle.await {
@@ -470,40 +571,70 @@ impl Lane {
         let Writer::Postgres(w) = &mut self.writer else {
             unreachable!("only Postgres targets flush in the background");
         };
-        match outcome {
+        let (client, table, in_tx) = w.session(f.session).expect("used by the flush");
+        let (e, batch) = match outcome {
             Ok(n) => {
-                w.in_tx = false;
-                w.table.transaction_ended();
+                *in_tx = false;
+                table.transaction_ended();
                 self.stored = f.to;
                 self.ackable = self.ackable.max(f.ack);
                 self.last_commit = Instant::now();
                 self.last_keys = f.keys;
-                Ok(LaneFlush {
+                return Ok(LaneFlush {
                     written: f.written + n,
                     dead_letters: f.dead,
                     ..LaneFlush::default()
-                })
+                });
             }
-            Err((e, batch)) => {
-                if w.client.batch_execute("ROLLBACK").await.is_ok() {
-                    w.in_tx = false;
-                    w.table.transaction_ended();
-                }
-                if e.is_fenced() {
+            Err(failed) => failed,
+        };
+        if client.batch_execute("ROLLBACK").await.is_ok() {
+            *in_tx = false;
+            table.transaction_ended();
+        }
+        if e.is_fenced() {
+            return Err(e);
+        }
+        tracing::warn!(target_name = %self.name, error = %e, "a background flush failed; flushing its batch again");
+        // The later ones fail too (they wait for this one): collect them, then redo all.
+        let mut redo = vec![(batch, f.changes, f.to, f.ack)];
+        while let Some(later) = self.inflight.pop_front() {
+            let Ok(Err((_, batch))) = later.handle.await else {
+                return Err(SinkError::Restart {
+                    target: self.name.clone(),
+                    message: "a background flush after a failed one did not stop".to_owned(),
+                });
+            };
+            if let Some((client, table, in_tx)) = w_session(&mut self.writer, later.session)
+                && client.batch_execute("ROLLBACK").await.is_ok()
+            {
+                *in_tx = false;
+                table.transaction_ended();
+            }
+            redo.push((batch, later.changes, later.to, later.ack));
+        }
+        self.next_session = 0;
+        let newer = self.pending.take();
+        let newer_changes = self.pending_changes;
+        let mut report = LaneFlush::default();
+        for (batch, changes, to, ack) in redo {
+            self.pending = Some(Pending::Rows(batch));
+            self.pending_changes = changes;
+            match self.flush_now(to, ack).await {
+                Ok(r) => report = report.and(r),
+                Err(e) => {
+                    self.pending = newer;
+                    self.pending_changes = newer_changes;
                     return Err(e);
                 }
-                tracing::warn!(target_name = %self.name, error = %e, "the background flush failed; flushing its batch again");
-                let newer = self.pending.replace(Pending::Rows(batch));
-                let newer_changes = std::mem::replace(&mut self.pending_changes, f.changes);
-                let redone = self.flush_now(f.to, f.ack).await;
-                self.pending = newer;
-                self.pending_changes = newer_changes;
-                redone
             }
         }
+        self.pending = newer;
+        self.pending_changes = newer_changes;
+        Ok(report)
     }
 
-    /// [`Lane::flush`] without waiting for a background flush (there is none).
+    /// [`Lane::flush`] on the main session, with no background flush running.
     async fn flush_now(&mut self, to: Offset, ack: Lsn) -> Result<LaneFlush, SinkError> {
         let to = to.max(self.covered);
         let idle = self.pending.is_none();
@@ -850,6 +981,14 @@ impl Lane {
         self.covered = to;
         self.ackable = acknowledgeable(to);
         Ok(())
+    }
+}
+
+/// [`PgWriter::session`] of a Postgres writer.
+fn w_session(writer: &mut Writer, s: usize) -> Option<(Arc<Client>, Arc<PgTable>, &mut bool)> {
+    match writer {
+        Writer::Postgres(w) => w.session(s),
+        Writer::Redis(_) => None,
     }
 }
 

@@ -42,6 +42,25 @@ pub const COPY_MIN_ROWS: usize = 512;
 /// piece is formatted.
 const COPY_PIECE: usize = 256 * 1024;
 
+/// Rows [`PgTable::stage`] copied into a staging table, for [`PgTable::apply_staged`].
+#[derive(Debug, Default)]
+#[must_use]
+pub struct Staged {
+    /// The staging table's quoted name, when the bulk path was taken.
+    stage: Option<String>,
+}
+
+/// The whole rows (no unchanged TOAST values) among `entries`.
+fn whole_rows<'a>(entries: &[(&Key, &'a Entry)]) -> Vec<&'a [TupleValue]> {
+    entries
+        .iter()
+        .filter_map(|(_, e)| match &e.op {
+            Op::Upsert(row) if !e.op.is_partial() => Some(row.as_slice()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A target table as its catalog describes it.
 #[derive(Debug)]
 pub struct PgTable {
@@ -104,6 +123,16 @@ impl PgTable {
         })
     }
 
+    /// The same table for another session (whose staging tables are its own).
+    pub fn for_another_session(&self) -> PgTable {
+        PgTable {
+            target: self.target.clone(),
+            quoted: self.quoted.clone(),
+            types: self.types.clone(),
+            staged: AtomicBool::new(false),
+        }
+    }
+
     /// The sink transaction committed or rolled back: staging tables are empty again.
     pub fn transaction_ended(&self) {
         self.staged.store(false, Ordering::Relaxed);
@@ -151,6 +180,35 @@ impl PgTable {
         shape: &Shape,
         entries: &[(&Key, &Entry)],
     ) -> Result<Applied, SinkError> {
+        let staged = self.stage(tx, shape, entries).await?;
+        self.apply_staged(tx, shape, entries, staged).await
+    }
+
+    /// The first half of [`PgTable::apply`]: bulk whole rows are copied into the
+    /// staging table (nothing of the target is touched or locked yet).
+    pub async fn stage(
+        &self,
+        tx: &impl GenericClient,
+        shape: &Shape,
+        entries: &[(&Key, &Entry)],
+    ) -> Result<Staged, SinkError> {
+        let whole = whole_rows(entries);
+        if whole.len() < COPY_MIN_ROWS {
+            return Ok(Staged::default());
+        }
+        let stage = self.copy_to_stage(tx, shape, &whole).await?;
+        Ok(Staged { stage: Some(stage) })
+    }
+
+    /// The second half of [`PgTable::apply`] (the same `entries`, staged by
+    /// [`PgTable::stage`] in the same transaction).
+    pub async fn apply_staged(
+        &self,
+        tx: &impl GenericClient,
+        shape: &Shape,
+        entries: &[(&Key, &Entry)],
+        staged: Staged,
+    ) -> Result<Applied, SinkError> {
         let mut applied = Applied::default();
         let deletes: Vec<&Key> = entries
             .iter()
@@ -160,16 +218,16 @@ impl PgTable {
         if !deletes.is_empty() {
             applied.deleted = self.delete(tx, shape, &deletes).await?;
         }
-        let whole: Vec<&[TupleValue]> = entries
-            .iter()
-            .filter_map(|(_, e)| match &e.op {
-                Op::Upsert(row) if !e.op.is_partial() => Some(row.as_slice()),
-                _ => None,
-            })
-            .collect();
-        if !whole.is_empty() {
-            applied.upserted += self.upsert(tx, shape, &whole).await?;
-        }
+        applied.upserted += match staged.stage {
+            Some(stage) => self.upsert_staged(tx, shape, &stage).await?,
+            None => {
+                let whole = whole_rows(entries);
+                match whole.is_empty() {
+                    true => 0,
+                    false => self.upsert(tx, shape, &whole).await?,
+                }
+            }
+        };
         let mut partial: HashMap<Vec<bool>, Vec<&[TupleValue]>> = HashMap::new();
         for (_, e) in entries {
             if let Op::Upsert(row) = &e.op
@@ -280,9 +338,6 @@ impl PgTable {
         shape: &Shape,
         rows: &[&[TupleValue]],
     ) -> Result<u64, SinkError> {
-        if rows.len() >= COPY_MIN_ROWS {
-            return self.upsert_copy(tx, shape, rows).await;
-        }
         let n = shape.columns.len();
         let arrays = (0..n)
             .map(|j| rows.iter().map(|r| cell(&self.target, &r[j])).collect())
@@ -292,13 +347,14 @@ impl PgTable {
         self.run(tx, &sql, &arrays, "upserting rows").await
     }
 
-    /// The bulk path: `COPY` into the staging table, then one upsert from it.
-    async fn upsert_copy(
+    /// The bulk path, first half: `COPY` into the staging table (created if needed,
+    /// emptied if used before in this transaction); its quoted name.
+    async fn copy_to_stage(
         &self,
         tx: &impl GenericClient,
         shape: &Shape,
         rows: &[&[TupleValue]],
-    ) -> Result<u64, SinkError> {
+    ) -> Result<String, SinkError> {
         let types: Vec<&str> = shape.columns.iter().map(|c| self.cast(&c.name)).collect();
         let stage = {
             let mut h = DefaultHasher::new();
@@ -353,6 +409,16 @@ impl PgTable {
             "copying rows into the staging table",
         ))?;
 
+        Ok(stage)
+    }
+
+    /// The bulk path, second half: one upsert from the staging table.
+    async fn upsert_staged(
+        &self,
+        tx: &impl GenericClient,
+        shape: &Shape,
+        stage: &str,
+    ) -> Result<u64, SinkError> {
         let source = format!("pg_temp.{stage} AS u");
         let sql = self.upsert_sql(shape, &source, false);
         let done = tx

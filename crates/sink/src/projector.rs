@@ -479,6 +479,7 @@ impl Projector {
                                 fence,
                                 replay_flushes: 0,
                                 in_tx: false,
+                                alt: None,
                             })),
                             stored,
                         )

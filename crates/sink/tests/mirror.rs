@@ -211,9 +211,10 @@ const BULK_VALUES: &str = r#"
     g % 2 = 0"#;
 
 /// Large batches take the `COPY` path and every value arrives exactly, inserted and then
-/// updated in bulk; a row the target rejects inside a bulk batch is bisected out (the
-/// halves are bulk again, so the staging table is reused inside one transaction) and
-/// dead-lettered while the rest lands.
+/// updated in bulk; a row the target rejects inside a bulk batch written in the background
+/// fails that batch and the one after it, both are flushed again in order, the row is
+/// bisected out (the halves are bulk again, so the staging table is reused inside one
+/// transaction) and dead-lettered while the rest lands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_batches_copy_every_value_exactly() {
     let env = Env::new(BULK);
@@ -230,10 +231,12 @@ table = 'public."bulk ""tgt"""'
         )],
         1,
     );
-    // One transaction of 3,000 rows. Row 1234 breaks the target's CHECK.
+    // One transaction of 7,000 rows: several bulk batches, flushed in the background on
+    // two sessions in turn. Row 1234, in the first batch, breaks the target's CHECK: that
+    // batch fails while the next one waits to apply after it, and both are flushed again.
     env.sql(&format!(
         r#"INSERT INTO "Bulk Src" SELECT g, {BULK_VALUES},
-               CASE WHEN g = 1234 THEN 13 ELSE g + 100 END FROM generate_series(1, 3000) g"#
+               CASE WHEN g = 1234 THEN 13 ELSE g + 100 END FROM generate_series(1, 7000) g"#
     ));
     let (mut projector, reports) = env.run(&cfg, 0).await;
     let letters = dead_letter::list(&env.client().await, "test", &Selection::default())
@@ -245,23 +248,26 @@ table = 'public."bulk ""tgt"""'
         "{letters:#?}"
     );
     // Each row written once: a bisection's halves never re-apply rows staged before.
-    assert_eq!(reports.iter().map(|r| r.written).sum::<u64>(), 2999);
+    assert_eq!(reports.iter().map(|r| r.written).sum::<u64>(), 6999);
     let staged = env.sql(
         r"SELECT count(*) FROM pg_class WHERE relname LIKE 'pgprism\_stage\_%' AND relpersistence = 't'",
     );
     assert_ne!(staged.trim(), "0", "the bulk path was taken");
     let (source, target) = (env.rows(BULK_SOURCE).await, env.rows(BULK_TARGET).await);
-    assert_eq!(source.len(), 2999);
+    assert_eq!(source.len(), 6999);
     assert_same(&target, &source, "bulk target after the inserts");
 
-    // Every row changes in one transaction: bulk upserts onto existing rows.
-    env.sql(&format!(
-        r#"UPDATE "Bulk Src" s SET (t, j, a, b, n, ts, iv, m, u, f, ok) =
-               (SELECT {BULK_VALUES} FROM (SELECT s."Id" + 5 AS g) x)"#
-    ));
+    // Every row changes, three times over, in three transactions: bulk upserts onto
+    // existing rows, each key in several batches that must apply in order.
+    for shift in [5, 6, 7] {
+        env.sql(&format!(
+            r#"UPDATE "Bulk Src" s SET (t, j, a, b, n, ts, iv, m, u, f, ok) =
+                   (SELECT {BULK_VALUES} FROM (SELECT s."Id" + {shift} AS g) x)"#
+        ));
+    }
     env.run_with(&mut projector, 0).await;
     let (source, target) = (env.rows(BULK_SOURCE).await, env.rows(BULK_TARGET).await);
-    assert_eq!(target.len(), 2999);
+    assert_eq!(target.len(), 6999);
     assert_same(&target, &source, "bulk target after the updates");
 }
 
