@@ -9,7 +9,9 @@
 //!   decoded from a replication slot into memory first (`Vec<TxnChunk>`, 100 source
 //!   transactions); only `Projector::push` of every chunk plus the final
 //!   `Projector::flush` is timed — the apply path: routing, coalescing, the set-based
-//!   writes and the fenced offset, with batches of up to 20,000 rows.
+//!   writes and the fenced offset, with batches of up to 20,000 rows (bulk batches are
+//!   `COPY`ed into staging tables and applied in the background, on two sink sessions in
+//!   turn, while the next batch is routed; the final flush waits for all of them).
 //!
 //! Rounds rotate which of the two runs first; the target is truncated (and a checkpoint
 //! taken) before each run, so both always write into an empty table. Medians reported.
