@@ -614,6 +614,8 @@ impl Lane {
             redo.push((batch, later.changes, later.to, later.ack));
         }
         self.next_session = 0;
+        // Each batch again with its own offset: `covered` ran ahead to the last one's.
+        self.covered = self.stored;
         let newer = self.pending.take();
         let newer_changes = self.pending_changes;
         let mut report = LaneFlush::default();

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::{Env, PRODUCTS_MIRROR, assert_same, projection};
 use pgprism_decoder::Lsn;
 use pgprism_leader::Offset;
+use pgprism_sink::Projector;
 use pgprism_sink::dead_letter::{self, Action, Selection};
 
 async fn hash(env: &Env, key: &str) -> HashMap<String, String> {
@@ -231,14 +232,44 @@ table = 'public."bulk ""tgt"""'
         )],
         1,
     );
-    // One transaction of 7,000 rows: several bulk batches, flushed in the background on
+    // One transaction of 12,000 rows: several bulk batches, flushed in the background on
     // two sessions in turn. Row 1234, in the first batch, breaks the target's CHECK: that
     // batch fails while the next one waits to apply after it, and both are flushed again.
     env.sql(&format!(
         r#"INSERT INTO "Bulk Src" SELECT g, {BULK_VALUES},
-               CASE WHEN g = 1234 THEN 13 ELSE g + 100 END FROM generate_series(1, 7000) g"#
+               CASE WHEN g = 1234 THEN 13 ELSE g + 100 END FROM generate_series(1, 12000) g"#
     ));
-    let (mut projector, reports) = env.run(&cfg, 0).await;
+    // Every committed offset inside that transaction must cover exactly the rows in the
+    // target: a trigger on the offset row logs both in the committing transaction.
+    let mut projector = Projector::start(&cfg).await.expect("projector starts");
+    env.sql(
+        r#"CREATE TABLE offset_log (changes_done bigint, target_rows bigint);
+           CREATE FUNCTION log_offset() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+               INSERT INTO offset_log SELECT NEW.changes_done, count(*) FROM "bulk ""tgt""";
+               RETURN NEW;
+           END $$;
+           CREATE TRIGGER log_offset BEFORE UPDATE ON pgprism.offsets
+               FOR EACH ROW EXECUTE FUNCTION log_offset();"#,
+    );
+    let reports = env.run_with(&mut projector, 0).await;
+    let log = env
+        .rows("SELECT changes_done::text, target_rows::text FROM offset_log")
+        .await;
+    let inside = log.iter().filter(|r| r[0] != "0").count();
+    assert!(inside >= 2, "batches inside the transaction: {log:?}");
+    for row in &log {
+        let (done, rows): (u64, u64) = (row[0].parse().unwrap(), row[1].parse().unwrap());
+        match done {
+            // Before the transaction, or after all of it.
+            0 => assert!(rows == 0 || rows == 11999, "offset vs rows: {log:?}"),
+            _ => assert_eq!(
+                rows,
+                done - u64::from(done >= 1234),
+                "offset vs rows: {log:?}"
+            ),
+        }
+    }
     let letters = dead_letter::list(&env.client().await, "test", &Selection::default())
         .await
         .unwrap();
@@ -248,13 +279,13 @@ table = 'public."bulk ""tgt"""'
         "{letters:#?}"
     );
     // Each row written once: a bisection's halves never re-apply rows staged before.
-    assert_eq!(reports.iter().map(|r| r.written).sum::<u64>(), 6999);
+    assert_eq!(reports.iter().map(|r| r.written).sum::<u64>(), 11999);
     let staged = env.sql(
         r"SELECT count(*) FROM pg_class WHERE relname LIKE 'pgprism\_stage\_%' AND relpersistence = 't'",
     );
     assert_ne!(staged.trim(), "0", "the bulk path was taken");
     let (source, target) = (env.rows(BULK_SOURCE).await, env.rows(BULK_TARGET).await);
-    assert_eq!(source.len(), 6999);
+    assert_eq!(source.len(), 11999);
     assert_same(&target, &source, "bulk target after the inserts");
 
     // Every row changes, three times over, in three transactions: bulk upserts onto
@@ -267,7 +298,7 @@ table = 'public."bulk ""tgt"""'
     }
     env.run_with(&mut projector, 0).await;
     let (source, target) = (env.rows(BULK_SOURCE).await, env.rows(BULK_TARGET).await);
-    assert_eq!(target.len(), 6999);
+    assert_eq!(target.len(), 11999);
     assert_same(&target, &source, "bulk target after the updates");
 }
 
