@@ -794,3 +794,163 @@ async fn kill_9_and_crash_points_lose_nothing_and_apply_nothing_twice() {
         "no death landed inside a write: {tally:?}"
     );
 }
+
+/// Everything a reader can see: both read models in Postgres and their Redis hashes.
+async fn read_side(env: &Env) -> [Vec<Vec<String>>; 4] {
+    [
+        env.rows(MODEL).await,
+        env.rows(MIRRORED).await,
+        redis_rows(env, "order:*", &ORDER_COLUMNS).await,
+        redis_rows(env, "product:*", &["name", "price_cents"]).await,
+    ]
+}
+
+/// A kill -9 inside a replay's one transaction (flushes of tiny batches, so it stays open
+/// across hundreds of them): readers see the read models exactly as before the replay —
+/// during it, after the kill, and while the next life applies the whole replay again —
+/// in Postgres and in Redis, and the end state is the ground truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_inside_a_replay_transaction_shows_readers_nothing_older() {
+    let env = env();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("projector.toml");
+    let log = Log::new();
+    let write_config = |epoch: i64, tiny: bool| {
+        let mut doc: toml::Table =
+            toml::from_str(&config_text(&env, epoch as usize, tiny)).unwrap();
+        // The slot keeps the WAL a replay needs.
+        doc.insert("replay_window".into(), toml::Value::Integer(1 << 40));
+        std::fs::write(&config, toml::to_string(&doc).unwrap()).unwrap();
+    };
+    let mut sql = env.client().await;
+    let mut redis = env.redis().await;
+    let reached = async |sql: &mut Client, redis: &mut MultiplexedConnection, to: Lsn| {
+        let at = offsets(sql, redis).await;
+        at.len() == TARGETS.len() && at.values().all(|o| o.resume_lsn >= to)
+    };
+
+    // A history to replay: after `saved`, orders come and go and every product is renamed.
+    let writer = env.client().await;
+    common::shop_workload(&writer, 150, 31).await;
+    let saved = env.marker();
+    common::shop_workload(&writer, 300, 32).await;
+    env.sql("UPDATE products SET name = name || ' (renamed)'");
+    common::shop_workload(&writer, 150, 33).await;
+    let end = env.marker();
+    write_config(1, false);
+    let mut first = Life::start(&config, None, 0, &log);
+    let what = || format!("life 0 never reached {end}");
+    eventually(&log, SAMPLE_EVERY, what, async || {
+        reached(&mut sql, &mut redis, end).await.then_some(())
+    })
+    .await;
+    first.child.signal(Signal::Term).unwrap();
+    let status = first.child.wait_timeout(PATIENCE);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        log.tail()
+    );
+    let before = read_side(&env).await;
+    let truth = env.rows(TRUTH).await;
+    assert!(truth.len() > 20, "orders: {}", truth.len());
+    assert_same(&before[0], &truth, "order_read_model before the replay");
+    assert_same(&before[2], &truth, "Redis before the replay");
+
+    // The replay: a new epoch, every target back at `saved`.
+    let mut cfg = env.config(
+        vec![
+            common::projection(&order_read_model_toml()),
+            common::projection(MIRROR),
+        ],
+        1,
+    );
+    cfg.pipeline = PIPELINE.to_owned();
+    let rewound = pgprism_sink::replay::rewind(&cfg, "pgprism", saved, &[])
+        .await
+        .unwrap();
+    assert_eq!(rewound.targets.len(), TARGETS.len());
+    let unchanged = async |when: &str| {
+        let now = read_side(&env).await;
+        for (i, what) in [
+            "order_read_model",
+            "read.products",
+            "Redis order:*",
+            "Redis product:*",
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert_same(&now[i], &before[i], &format!("{what} {when}"));
+        }
+    };
+
+    // Life 1 replays with tiny batches and is killed a few dozen flushes in.
+    write_config(rewound.epoch.0 + 1, true);
+    let cut_before = env.pg.log_contents().matches(CUT_OFF).count();
+    let mut life = Life::start(&config, None, 1, &log);
+    life.printed("ready ", &log).await;
+    let what = || "life 1 never flushed 30 times".to_owned();
+    eventually(&log, SAMPLE_EVERY, what, async || {
+        unchanged("during the replay").await;
+        let flushes = log
+            .of(1)
+            .iter()
+            .filter(|l| l.text.starts_with("flush "))
+            .count();
+        (flushes >= 30).then_some(())
+    })
+    .await;
+    life.kill(&log);
+    // The server logs the cut-off transaction once the dead sessions are gone.
+    let what = || "sessions of the killed projector still open".to_owned();
+    eventually(&log, SAMPLE_EVERY, what, async || {
+        let open: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgprism%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (open == 0).then_some(())
+    })
+    .await;
+    assert!(
+        env.pg.log_contents().matches(CUT_OFF).count() > cut_before,
+        "the kill cut the replay transaction\n{}",
+        log.tail()
+    );
+    unchanged("after the kill inside the replay").await;
+    let after_kill = offsets(&sql, &mut redis).await;
+    assert!(
+        TARGETS
+            .iter()
+            .filter(|(_, k)| *k == Kind::Postgres)
+            .all(|(t, _)| after_kill[t].resume_lsn < end),
+        "Postgres offsets stayed rewound: {after_kill:?}"
+    );
+
+    // Life 2 applies the whole replay again and commits it at its end.
+    write_config(rewound.epoch.0 + 2, false);
+    let mut last = Life::start(&config, None, 2, &log);
+    let what = || format!("life 2 never reached {end}");
+    eventually(&log, SAMPLE_EVERY, what, async || {
+        unchanged("while the replay is applied again").await;
+        reached(&mut sql, &mut redis, end).await.then_some(())
+    })
+    .await;
+    last.child.signal(Signal::Term).unwrap();
+    let status = last.child.wait_timeout(PATIENCE);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        log.tail()
+    );
+    unchanged("after the replay").await;
+    assert_same(
+        &env.rows(MODEL).await,
+        &env.rows(TRUTH).await,
+        "order_read_model at the end",
+    );
+}
