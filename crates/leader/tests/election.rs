@@ -89,23 +89,35 @@ async fn one_of_three_leads_and_a_standby_takes_over_on_release() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_leader_is_replaced_and_learns_it_lost() {
     let pg = PgServer::start().unwrap();
-    let (_, dsn) = pg.fresh_database().unwrap();
+    let (db, dsn) = pg.fresh_database().unwrap();
     // A leader whose heartbeat stops (as under SIGSTOP) while its session stays open.
     let mut frozen = fast("orders", "frozen");
     frozen.heartbeat_interval = Duration::from_secs(3600);
     let (_s, a) = campaign(frozen, &dsn);
     let mut a = a.await.unwrap().unwrap().unwrap();
+    // The leader's heartbeats on the server's clock (the test's own could stall).
+    let sql = pg.client(&db).await.unwrap();
+    let heartbeat = async || -> f64 {
+        sql.query_one(
+            "SELECT extract(epoch FROM heartbeat_at)::float8 FROM pgprism.pipelines WHERE name = 'orders'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    };
+    let frozen_at = heartbeat().await;
     let (_s2, b) = campaign(fast("orders", "standby"), &dsn);
-    let started = Instant::now();
     let b = tokio::time::timeout(Duration::from_secs(10), b)
         .await
         .expect("standby never took over")
         .unwrap()
         .unwrap()
         .unwrap();
+    let stale_for = heartbeat().await - frozen_at;
     assert!(
-        started.elapsed() >= Duration::from_millis(900),
-        "took over before the heartbeat was stale"
+        stale_for >= 0.9,
+        "took over {stale_for:.3} s after the frozen leader's last heartbeat, before it was stale"
     );
     assert_eq!(b.epoch(), Epoch(2));
     tokio::time::timeout(Duration::from_secs(5), a.lost())
