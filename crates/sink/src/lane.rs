@@ -58,6 +58,8 @@ pub(crate) struct PgWriter {
     /// A second session for background flushes, opened on first use: one batch's rows are
     /// copied into its staging table while the previous batch is applied on the other.
     pub(crate) alt: Option<AltSession>,
+    /// Sessions background flushes take turns on (`batch.sessions`: 1 or 2).
+    pub(crate) sessions: usize,
 }
 
 /// The second session of a Postgres target (see [`PgWriter::alt`]).
@@ -534,7 +536,7 @@ impl Lane {
             written,
             dead,
         });
-        self.next_session = 1 - s;
+        self.next_session = (s + 1) % w.sessions;
         self.pending = None;
         self.pending_changes = 0;
         self.covered = to;

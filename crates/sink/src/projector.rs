@@ -480,6 +480,7 @@ impl Projector {
                                 replay_flushes: 0,
                                 in_tx: false,
                                 alt: None,
+                                sessions: cfg.batch.sessions,
                             })),
                             stored,
                         )

@@ -353,6 +353,10 @@ pub struct BatchSpec {
     /// smaller.
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Duration,
+    /// Sessions a Postgres mirror target applies batches with while catching up: 2 copies
+    /// one batch into a staging table while the batch before it applies; 1 keeps to one
+    /// connection per target.
+    pub sessions: usize,
 }
 
 impl Default for BatchSpec {
@@ -366,6 +370,7 @@ impl Default for BatchSpec {
             slow_flush: DEFAULT_SLOW_FLUSH,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            sessions: 2,
         }
     }
 }
@@ -541,6 +546,9 @@ pub fn validate(
     }
     if batch.max_age.is_zero() {
         return Err(err("batch.max_age", "must be more than 0s"));
+    }
+    if !(1..=2).contains(&batch.sessions) {
+        return Err(err("batch.sessions", "must be 1 or 2"));
     }
     let mut names = BTreeSet::new();
     let mut target_names = BTreeSet::new();
@@ -850,6 +858,10 @@ format = "json"
             (
                 format!("{DESIGN_EXAMPLE}\n[batch]\nmin_rows = 0\n"),
                 "batch.min_rows",
+            ),
+            (
+                format!("{DESIGN_EXAMPLE}\n[batch]\nsessions = 3\n"),
+                "batch.sessions: must be 1 or 2",
             ),
         ];
         for (doc, want) in cases {

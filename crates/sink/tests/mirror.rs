@@ -218,8 +218,18 @@ const BULK_VALUES: &str = r#"
 /// transaction) and dead-lettered while the rest lands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_batches_copy_every_value_exactly() {
+    bulk(2).await;
+}
+
+/// The same with `batch.sessions = 1`: background flushes one at a time, one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_batches_on_one_session() {
+    bulk(1).await;
+}
+
+async fn bulk(sessions: usize) {
     let env = Env::new(BULK);
-    let cfg = env.config(
+    let mut cfg = env.config(
         vec![projection(
             r#"
 name = "bulk"
@@ -232,6 +242,7 @@ table = 'public."bulk ""tgt"""'
         )],
         1,
     );
+    cfg.batch.sessions = sessions;
     // One transaction of 12,000 rows: several bulk batches, flushed in the background on
     // two sessions in turn. Row 1234, in the first batch, breaks the target's CHECK: that
     // batch fails while the next one waits to apply after it, and both are flushed again.
@@ -284,6 +295,10 @@ table = 'public."bulk ""tgt"""'
         r"SELECT count(*) FROM pg_class WHERE relname LIKE 'pgprism\_stage\_%' AND relpersistence = 't'",
     );
     assert_ne!(staged.trim(), "0", "the bulk path was taken");
+    let open = env.sql(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgprism sink bulk.pg'",
+    );
+    assert_eq!(open.trim(), sessions.to_string(), "sink sessions");
     let (source, target) = (env.rows(BULK_SOURCE).await, env.rows(BULK_TARGET).await);
     assert_eq!(source.len(), 11999);
     assert_same(&target, &source, "bulk target after the inserts");
