@@ -414,14 +414,15 @@ impl Lane {
             _ => false,
         };
         if deferrable {
+            // The session it tries (none of its flushes is running: settled above).
+            let session = self.next_session;
             match self.start_behind(to, ack).await {
                 Ok(()) => return Ok(settled),
                 Err(e) => {
                     // The synchronous flush below waits for the others, then retries,
                     // isolates rejected rows and reports.
                     tracing::debug!(target_name = %self.name, error = %e, "starting a background flush failed");
-                    if let Some((client, table, in_tx)) =
-                        w_session(&mut self.writer, self.next_session)
+                    if let Some((client, table, in_tx)) = w_session(&mut self.writer, session)
                         && *in_tx
                         && client.batch_execute("ROLLBACK").await.is_ok()
                     {
@@ -446,7 +447,17 @@ impl Lane {
         };
         let batch = batch.clone();
         if s == 1 && w.alt.as_ref().is_none_or(|a| a.client.is_closed()) {
-            let client = connect(&w.config, &self.name).await?;
+            let client = match connect(&w.config, &self.name).await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Too many connections, say: go on with one session.
+                    tracing::warn!(target_name = %self.name, error = %e, "could not open a second sink session; background flushes use one");
+                    w.alt = None;
+                    w.sessions = 1;
+                    self.next_session = 0;
+                    return Err(e);
+                }
+            };
             w.alt = Some(AltSession {
                 client: Arc::new(client),
                 table: Arc::new(w.table.for_another_session()),
