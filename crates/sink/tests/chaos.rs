@@ -159,6 +159,25 @@ async fn eventually<T>(
     }
 }
 
+/// Wait until no session of a dead projector is left on the server (all of them, and
+/// only they, carry a `pgprism` application name): the server logs a cut-off transaction
+/// as its backend notices, which may be only once a long statement ends.
+async fn sessions_gone(sql: &Client, log: &Log, when: &str) {
+    let what = || format!("{when}: sessions of the dead projector still open");
+    eventually(log, SAMPLE_EVERY, what, async || {
+        let open: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgprism%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (open == 0).then_some(())
+    })
+    .await;
+}
+
 /// One `pgprism-projector` process, SIGKILLed when dropped.
 struct Life {
     n: usize,
@@ -679,23 +698,8 @@ async fn kill_9_and_crash_points_lose_nothing_and_apply_nothing_twice() {
         }
         let when = format!("after the death of {when}");
         watch.sample(&when).await;
-        // The server logs a cut-off connection as its backend notices, which may be only
-        // once a long statement ends: read the log when the dead life's sessions are gone
-        // (all of them, and only they, carry a `pgprism` application name).
-        let what = || format!("{when}: sessions of the dead projector still open");
-        eventually(&log, SAMPLE_EVERY, what, async || {
-            let open: i64 = watch
-                .sql
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgprism%'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            (open == 0).then_some(())
-        })
-        .await;
+        // Read the log once the dead life's sessions are gone.
+        sessions_gone(&watch.sql, &log, &when).await;
         let cut = env.pg.log_contents().matches(CUT_OFF).count() > cut_before;
         if killed_streaming {
             tally.kills_cutting_a_sink_transaction += usize::from(cut);
@@ -903,19 +907,7 @@ async fn a_kill_inside_a_replay_transaction_shows_readers_nothing_older() {
     .await;
     life.kill(&log);
     // The server logs the cut-off transaction once the dead sessions are gone.
-    let what = || "sessions of the killed projector still open".to_owned();
-    eventually(&log, SAMPLE_EVERY, what, async || {
-        let open: i64 = sql
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgprism%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (open == 0).then_some(())
-    })
-    .await;
+    sessions_gone(&sql, &log, "after the kill in the replay").await;
     assert!(
         env.pg.log_contents().matches(CUT_OFF).count() > cut_before,
         "the kill cut the replay transaction\n{}",
