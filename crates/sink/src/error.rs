@@ -84,6 +84,18 @@ pub enum SinkError {
         /// What happened.
         message: String,
     },
+    /// A target's flush kept failing transiently for `batch.detach_after`: the projector
+    /// sets it aside and goes on with the others.
+    #[error("{target}: failing for {failing:?}, set aside until it answers again: {source}")]
+    Stalled {
+        /// The target.
+        target: String,
+        /// How long it has been failing.
+        failing: std::time::Duration,
+        /// The last error.
+        #[source]
+        source: Box<SinkError>,
+    },
     /// A change could not be typed (a value its column type rejects).
     #[error("{target}: {source}")]
     Decode {
@@ -100,7 +112,7 @@ impl SinkError {
     pub fn class(&self) -> Class {
         match self {
             SinkError::Config { .. } | SinkError::Decode { .. } => Class::Fatal,
-            SinkError::Restart { .. } => Class::Transient,
+            SinkError::Restart { .. } | SinkError::Stalled { .. } => Class::Transient,
             SinkError::Leader(LeaderError::Db { source, .. }) => pg_class(source),
             SinkError::Leader(LeaderError::Redis { .. }) => Class::Transient,
             SinkError::Leader(_) => Class::Fatal,

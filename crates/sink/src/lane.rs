@@ -146,6 +146,13 @@ pub struct Lane {
     inflight: VecDeque<InFlight>,
     /// The session the next background flush uses.
     next_session: usize,
+    /// Transient failures of one flush for this long set the lane aside.
+    detach_after: Duration,
+    /// Set aside (see [`Lane::detach`]): the commit time (µs since 2000-01-01) of the
+    /// oldest change it lacks.
+    pub(crate) detached: Option<i64>,
+    /// When it was last probed while set aside.
+    probed: Instant,
 }
 
 /// A Postgres flush started by [`Lane::flush_behind`]: its transaction is open, the rows
@@ -251,6 +258,7 @@ impl Lane {
         source_config: Config,
         shape: Option<Arc<Shape>>,
         stored: Offset,
+        detach_after: Duration,
     ) -> Lane {
         let replay_until = match &writer {
             Writer::Postgres(w) => w.fence.replay_until(),
@@ -270,6 +278,9 @@ impl Lane {
             last_keys: 0,
             inflight: VecDeque::new(),
             next_session: 0,
+            detach_after,
+            detached: None,
+            probed: Instant::now(),
             shape,
             covered: stored,
             ackable: acknowledgeable(stored),
@@ -376,6 +387,31 @@ impl Lane {
     pub(crate) async fn flush(&mut self, to: Offset, ack: Lsn) -> Result<LaneFlush, SinkError> {
         let settled = self.settle().await?;
         Ok(settled.and(self.flush_now(to, ack).await?))
+    }
+
+    /// Set the lane aside after its flush stalled: its batch is dropped (its offset stays
+    /// where it was, and so does the slot's acknowledgement, so nothing is lost) and it
+    /// takes no changes until the stream restarts from its offset. `oldest` is the commit
+    /// time of the oldest change it lacks, for the lag.
+    pub(crate) fn detach(&mut self, oldest: i64) {
+        self.pending = None;
+        self.pending_changes = 0;
+        self.covered = self.stored;
+        self.detached = Some(oldest);
+        self.probed = Instant::now();
+    }
+
+    /// For a lane set aside, at most once a second: whether its target answers again.
+    pub(crate) async fn probe(&mut self) -> bool {
+        if self.probed.elapsed() < Duration::from_secs(1) {
+            return false;
+        }
+        self.probed = Instant::now();
+        self.reconnect_if_closed().await;
+        match &mut self.writer {
+            Writer::Postgres(w) => w.client.batch_execute("SELECT 1").await.is_ok(),
+            Writer::Redis(w) => w.reconnect().await.is_ok() && w.ping().await.is_ok(),
+        }
     }
 
     /// Whether a background flush is running.
@@ -666,6 +702,7 @@ impl Lane {
         }
         let mut report = LaneFlush::default();
         let mut attempt = 0u32;
+        let failing_since = Instant::now();
         loop {
             match self.try_flush(to).await {
                 Ok((written, dead, durable)) => {
@@ -694,6 +731,17 @@ impl Lane {
                         message: format!(
                             "the replay transaction failed and was rolled back; the replay restarts from the rewound offset: {e}"
                         ),
+                    });
+                }
+                Err(e)
+                    if e.class() == Class::Transient
+                        && !e.is_fenced()
+                        && failing_since.elapsed() >= self.detach_after =>
+                {
+                    return Err(SinkError::Stalled {
+                        target: self.name.clone(),
+                        failing: failing_since.elapsed(),
+                        source: Box::new(e),
                     });
                 }
                 Err(e) if e.class() == Class::Transient && !e.is_fenced() => {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::future::try_join_all;
+use futures_util::future::join_all;
 use pgprism_decoder::Lsn;
 use pgprism_decoder::pgoutput::{Column, Relation, ReplicaIdentity};
 use pgprism_decoder::stream::{ChangeKind, SourceDsn, TxnChunk};
@@ -509,6 +509,7 @@ impl Projector {
                     lane_source,
                     shape,
                     stored,
+                    cfg.batch.detach_after,
                 ));
             }
         }
@@ -566,7 +567,7 @@ impl Projector {
                 seq: chunk.first_seq + i as u64,
             };
             for lane in &mut self.lanes {
-                if lane.covers(pos) || !lane.concerns(&change.kind) {
+                if lane.detached.is_some() || lane.covers(pos) || !lane.concerns(&change.kind) {
                     continue;
                 }
                 if lane.shape_change(&change.kind)? {
@@ -586,13 +587,7 @@ impl Projector {
         self.oldest.get_or_insert_with(Instant::now);
         if self.oldest_commit.is_none() {
             self.oldest_commit = Some(chunk.txn.commit_time);
-            if self.behind.is_none() {
-                // Zero means "nothing pending": a commit at the Postgres epoch itself is
-                // 1 µs off.
-                self.clock
-                    .oldest_pending_us
-                    .store(chunk.txn.commit_time.max(1), Ordering::Relaxed);
-            }
+            self.update_clock();
         }
         self.next = match chunk.end {
             Some(end) => {
@@ -656,13 +651,49 @@ impl Projector {
             self.last_end
         };
         let rows = self.pending();
-        let results = try_join_all(self.lanes.iter_mut().map(|l| async move {
-            match behind {
-                true => l.flush_behind(to, ack).await,
-                false => l.flush(to, ack).await,
+        let outcomes = join_all(self.lanes.iter_mut().map(|l| async move {
+            match (l.detached, behind) {
+                (Some(_), _) => Ok(LaneFlush::default()),
+                (None, true) => l.flush_behind(to, ack).await,
+                (None, false) => l.flush(to, ack).await,
             }
         }))
-        .await?;
+        .await;
+        // What is not durable yet, for a lane set aside now: its batch.
+        let lacking = self
+            .behind
+            .map(|(_, c)| c)
+            .or(self.oldest_commit)
+            .unwrap_or_else(pg_now);
+        let mut results = Vec::with_capacity(outcomes.len());
+        let mut failed = None;
+        for (lane, outcome) in self.lanes.iter_mut().zip(outcomes) {
+            match outcome {
+                Ok(r) => results.push(r),
+                Err(e @ SinkError::Stalled { .. }) => {
+                    tracing::error!(target_name = %lane.name, error = %e, "target set aside; the others go on");
+                    lane.detach(lacking);
+                    results.push(LaneFlush::default());
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    results.push(LaneFlush::default());
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        for lane in self.lanes.iter_mut().filter(|l| l.detached.is_some()) {
+            if lane.probe().await {
+                return Err(SinkError::Restart {
+                    target: lane.name.clone(),
+                    message:
+                        "answers again after being set aside; the stream restarts from its offset"
+                            .to_owned(),
+                });
+            }
+        }
         let took = started.elapsed();
         // What is not durable yet: the batch the lanes now write in the background.
         self.behind = match (self.lanes.iter().any(Lane::is_behind), self.oldest_commit) {
@@ -670,10 +701,10 @@ impl Projector {
             (true, None) => self.behind.map(|(_, c)| (Instant::now(), c)),
             (false, _) => None,
         };
-        let oldest = self.behind.map_or(0, |(_, c)| c.max(1));
-        self.clock
-            .oldest_pending_us
-            .store(oldest, Ordering::Relaxed);
+        // `oldest_commit` is durable now (it is cleared below).
+        let pending = self.oldest_commit.take();
+        self.update_clock();
+        self.oldest_commit = pending;
         for (lane, r) in self.lanes.iter().zip(&results) {
             if r.written > 0 || r.dead_letters > 0 {
                 metrics::histogram!("pgprism_batch_flush_duration_seconds", "sink" => lane.sink.clone())
@@ -729,11 +760,28 @@ impl Projector {
     /// How long the oldest change not yet durable has waited since its commit (zero when
     /// everything pushed is durable).
     pub fn lag(&self) -> Duration {
-        self.behind
-            .map(|(_, c)| c)
-            .or(self.oldest_commit)
-            .map(lag_of)
-            .unwrap_or_default()
+        self.undurable_since().map(lag_of).unwrap_or_default()
+    }
+
+    /// The commit time of the oldest change not durable in some target: in a batch
+    /// waiting, in one flushing in the background, or missing from a target set aside.
+    fn undurable_since(&self) -> Option<i64> {
+        let behind = self.behind.map(|(_, c)| c);
+        let detached = self.lanes.iter().filter_map(|l| l.detached);
+        behind
+            .into_iter()
+            .chain(self.oldest_commit)
+            .chain(detached)
+            .min()
+    }
+
+    /// Publish [`Projector::undurable_since`] to the lag clock.
+    fn update_clock(&self) {
+        // Zero means "nothing pending": a commit at the Postgres epoch itself is 1 µs off.
+        let oldest = self.undurable_since().map_or(0, |c| c.max(1));
+        self.clock
+            .oldest_pending_us
+            .store(oldest, Ordering::Relaxed);
     }
 
     /// Per-target offsets and pending changes.
@@ -786,12 +834,16 @@ fn table_op(kind: &ChangeKind) -> (Option<&Arc<Relation>>, &'static str) {
 /// Microseconds between the Unix epoch and Postgres' (2000-01-01).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
-/// Now minus a commit time in Postgres microseconds.
-fn lag_of(commit_time: i64) -> Duration {
-    let now = SystemTime::now()
+/// Now in Postgres microseconds (since 2000-01-01).
+fn pg_now() -> i64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
-        - PG_EPOCH_OFFSET_US;
-    Duration::from_micros(now.saturating_sub(commit_time).max(0) as u64)
+        - PG_EPOCH_OFFSET_US
+}
+
+/// Now minus a commit time in Postgres microseconds.
+fn lag_of(commit_time: i64) -> Duration {
+    Duration::from_micros(pg_now().saturating_sub(commit_time).max(0) as u64)
 }

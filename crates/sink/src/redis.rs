@@ -485,6 +485,14 @@ impl RedisWriter {
         Ok(keys)
     }
 
+    /// Whether Redis answers.
+    pub async fn ping(&mut self) -> Result<(), SinkError> {
+        redis::cmd("PING")
+            .query_async::<()>(&mut self.conn)
+            .await
+            .map_err(SinkError::redis(&self.target, "pinging Redis"))
+    }
+
     /// Open a new connection (after a transient error: the old one may be dead).
     pub async fn reconnect(&mut self) -> Result<(), SinkError> {
         self.conn = self

@@ -353,6 +353,11 @@ pub struct BatchSpec {
     /// smaller.
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Duration,
+    /// A target whose flush keeps failing transiently this long is set aside: the other
+    /// targets go on, it is probed, and once it answers the stream restarts from its
+    /// offset (the others skip what they have).
+    #[serde(with = "humantime_serde")]
+    pub detach_after: Duration,
     /// Sessions a Postgres mirror target applies batches with while catching up: 2 copies
     /// one batch into a staging table while the batch before it applies; 1 keeps to one
     /// connection per target.
@@ -370,6 +375,7 @@ impl Default for BatchSpec {
             slow_flush: DEFAULT_SLOW_FLUSH,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            detach_after: Duration::from_secs(30),
             sessions: 2,
         }
     }
@@ -539,6 +545,7 @@ pub fn validate(
     for (key, d) in [
         ("batch.lock_timeout", batch.lock_timeout),
         ("batch.statement_timeout", batch.statement_timeout),
+        ("batch.detach_after", batch.detach_after),
     ] {
         if d < Duration::from_millis(1) {
             return Err(err(key, "must be at least 1ms"));
@@ -862,6 +869,10 @@ format = "json"
             (
                 format!("{DESIGN_EXAMPLE}\n[batch]\nsessions = 3\n"),
                 "batch.sessions: must be 1 or 2",
+            ),
+            (
+                format!("{DESIGN_EXAMPLE}\n[batch]\ndetach_after = \"0s\"\n"),
+                "batch.detach_after: must be at least 1ms",
             ),
         ];
         for (doc, want) in cases {
