@@ -460,10 +460,8 @@ impl Lane {
                     tracing::debug!(target_name = %self.name, error = %e, "starting a background flush failed");
                     if let Some((client, table, in_tx)) = w_session(&mut self.writer, session)
                         && *in_tx
-                        && client.batch_execute("ROLLBACK").await.is_ok()
                     {
-                        *in_tx = false;
-                        table.transaction_ended();
+                        roll_back(&client, &table, in_tx).await;
                     }
                 }
             }
@@ -510,7 +508,7 @@ impl Lane {
         }
         if *in_tx {
             // Left by a flush cancelled mid-way.
-            client.batch_execute("ROLLBACK").await.ok();
+            roll_back(&client, &table, in_tx).await;
         }
         client
             .batch_execute("BEGIN")
@@ -532,16 +530,7 @@ impl Lane {
             )
             .await?;
         }
-        let keys: Vec<&Key> = batch.entries.keys().collect();
-        let held: HashSet<String> = self.dead.held(&*client, &keys).await?.into_iter().collect();
-        let (_, hold) = split_held(&batch, &held);
-        self.dead
-            .add(&*client, &batch.shape, &held_letters(&hold))
-            .await?;
-        let dead = hold.len() as u64;
-        if batch.truncate.is_some() {
-            table.truncate(&*client).await?;
-        }
+        let (held, dead) = hold_and_truncate(&*client, &self.dead, &table, &batch).await?;
         let before = self.inflight.back_mut().and_then(|f| f.done.take());
         let (done_tx, done_rx) = oneshot::channel();
         let (name, rows) = (self.name.clone(), batch.clone());
@@ -637,10 +626,7 @@ impl Lane {
             }
             Err(failed) => failed,
         };
-        if client.batch_execute("ROLLBACK").await.is_ok() {
-            *in_tx = false;
-            table.transaction_ended();
-        }
+        roll_back(&client, &table, in_tx).await;
         if e.is_fenced() {
             return Err(e);
         }
@@ -654,11 +640,8 @@ impl Lane {
                     message: "a background flush after a failed one did not stop".to_owned(),
                 });
             };
-            if let Some((client, table, in_tx)) = w_session(&mut self.writer, later.session)
-                && client.batch_execute("ROLLBACK").await.is_ok()
-            {
-                *in_tx = false;
-                table.transaction_ended();
+            if let Some((client, table, in_tx)) = w_session(&mut self.writer, later.session) {
+                roll_back(&client, &table, in_tx).await;
             }
             redo.push((batch, later.changes, later.to, later.ack));
         }
@@ -768,10 +751,7 @@ impl Lane {
 
     async fn abandon_replay(&mut self) {
         if let Writer::Postgres(w) = &mut self.writer {
-            if w.client.batch_execute("ROLLBACK").await.is_ok() {
-                w.in_tx = false;
-                w.table.transaction_ended();
-            }
+            roll_back(&w.client, &w.table, &mut w.in_tx).await;
             w.replay_flushes = 0;
         }
         self.covered = self.stored;
@@ -945,9 +925,8 @@ impl Lane {
                         Ok((written, dead, true))
                     }
                     Err(e) => {
-                        if *replay_flushes == 0 && client.batch_execute("ROLLBACK").await.is_ok() {
-                            *in_tx = false;
-                            table.transaction_ended();
+                        if *replay_flushes == 0 {
+                            roll_back(client, table, in_tx).await;
                         }
                         Err(e)
                     }
@@ -1047,6 +1026,15 @@ impl Lane {
     }
 }
 
+/// Roll back a session's open transaction; once it is gone, so are the rows its staging
+/// tables held.
+async fn roll_back(client: &Client, table: &PgTable, in_tx: &mut bool) {
+    if client.batch_execute("ROLLBACK").await.is_ok() {
+        *in_tx = false;
+        table.transaction_ended();
+    }
+}
+
 /// [`PgWriter::session`] of a Postgres writer.
 fn w_session(writer: &mut Writer, s: usize) -> Option<(Arc<Client>, Arc<PgTable>, &mut bool)> {
     match writer {
@@ -1122,13 +1110,8 @@ async fn write_pg(
     table: &PgTable,
     batch: &Batch,
 ) -> Result<(u64, u64), SinkError> {
-    let keys: Vec<&Key> = batch.entries.keys().collect();
-    let held: HashSet<String> = dead.held(tx, &keys).await?.into_iter().collect();
-    let (go, hold) = split_held(batch, &held);
-    dead.add(tx, &batch.shape, &held_letters(&hold)).await?;
-    if batch.truncate.is_some() {
-        table.truncate(tx).await?;
-    }
+    let (held, n_held) = hold_and_truncate(tx, dead, table, batch).await?;
+    let (go, _) = split_held(batch, &held);
     let (applied, failed) = isolate(tx, table, &batch.shape, &go).await?;
     let letters: Vec<Letter<'_>> = failed
         .iter()
@@ -1143,8 +1126,27 @@ async fn write_pg(
     dead.add(tx, &batch.shape, &letters).await?;
     Ok((
         applied.upserted + applied.deleted,
-        (hold.len() + letters.len()) as u64,
+        n_held + letters.len() as u64,
     ))
+}
+
+/// What precedes a batch's rows in the sink transaction: keys held behind an earlier dead
+/// letter are recorded as held, and the target is emptied if the source was truncated.
+/// Returns the held keys (as [`key_json`]) and how many entries were held.
+async fn hold_and_truncate(
+    tx: &(impl GenericClient + Sync),
+    dead: &DeadLetters,
+    table: &PgTable,
+    batch: &Batch,
+) -> Result<(HashSet<String>, u64), SinkError> {
+    let keys: Vec<&Key> = batch.entries.keys().collect();
+    let held: HashSet<String> = dead.held(tx, &keys).await?.into_iter().collect();
+    let (_, hold) = split_held(batch, &held);
+    dead.add(tx, &batch.shape, &held_letters(&hold)).await?;
+    if batch.truncate.is_some() {
+        table.truncate(tx).await?;
+    }
+    Ok((held, hold.len() as u64))
 }
 
 /// Apply `entries` set-based; when the target rejects a row, bisect under savepoints
