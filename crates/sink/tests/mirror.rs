@@ -263,7 +263,9 @@ table = 'public."bulk ""tgt"""'
            CREATE TRIGGER log_offset BEFORE UPDATE ON pgprism.offsets
                FOR EACH ROW EXECUTE FUNCTION log_offset();"#,
     );
-    let reports = env.run_with(&mut projector, 0).await;
+    // Straight from the stream: flushes fall where batches fill, in every run (with
+    // `drive`, a pause of the stream on a loaded machine could flush in between).
+    let reports = env.push_until(&mut projector, env.marker()).await;
     let log = env
         .rows("SELECT changes_done::text, target_rows::text FROM offset_log")
         .await;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pgprism_decoder::Lsn;
-use pgprism_decoder::stream::{ReplicationStream, SourceDsn, StreamConfig};
+use pgprism_decoder::stream::{ReplicationStream, SourceDsn, StreamConfig, StreamEvent};
 use pgprism_leader::Epoch;
 use pgprism_sink::drive::{DriveError, DriveOptions, drive};
 use pgprism_sink::spec::{BatchSpec, ProjectionSpec, SinkSpec};
@@ -178,6 +178,38 @@ impl Env {
         self.try_run_until(projector, replay_window, until)
             .await
             .expect("pipeline runs")
+    }
+
+    /// Push the stream's chunks straight into `projector` until everything committed
+    /// before `until` is in, with no `drive` around it — no flush when the stream pauses
+    /// or a deadline passes, only when a batch is full — then flush once. For tests whose
+    /// flushes must fall at the same places in every run.
+    pub async fn push_until(&self, projector: &mut Projector, until: Lsn) -> Vec<FlushReport> {
+        let mut stream_cfg =
+            StreamConfig::new(SourceDsn::parse(&self.dsn).unwrap(), "pgprism", "pgprism");
+        stream_cfg.start_lsn = projector.resume_lsn();
+        let mut stream = ReplicationStream::open(stream_cfg).await.expect("stream");
+        let mut reports = Vec::new();
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(120), stream.next())
+                .await
+                .expect("the stream reached the marker within 120 s")
+                .expect("stream");
+            if let StreamEvent::Chunk(chunk) = event {
+                if chunk.txn.commit_lsn >= until {
+                    break;
+                }
+                if let Some(report) = projector.push(&chunk).await.expect("push") {
+                    reports.push(report);
+                }
+            }
+        }
+        reports.push(projector.flush().await.expect("flush"));
+        stream
+            .shutdown(Duration::from_secs(5))
+            .await
+            .expect("clean stop");
+        reports
     }
 
     /// Like [`Env::run_until`], returning the pipeline's error instead of panicking.
