@@ -23,6 +23,8 @@
 //!
 //! Run: `cargo bench -p pgprism-sink --bench mirror_apply`
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -32,7 +34,6 @@ use pgprism_decoder::stream::{
 use pgprism_leader::Epoch;
 use pgprism_sink::spec::{BatchSpec, ProjectionSpec, SinkSpec};
 use pgprism_sink::{FlushReport, Projector, ProjectorConfig};
-use pgprism_testkit::PgServer;
 
 /// Rows at scale 1.0.
 const ROWS: u64 = 1_000_000;
@@ -68,30 +69,16 @@ impl Contender {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
-        // `cargo test --benches` / nextest discovery: nothing to run here.
+    let Some(common::Bench {
+        scale,
+        rounds,
+        pg,
+        rt,
+    }) = common::start()
+    else {
         return;
-    }
-    let scale: f64 = std::env::var("PGPRISM_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    let rounds: usize = std::env::var("PGPRISM_BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    };
     let rows = ((ROWS as f64 * scale) as u64).max(TRANSACTIONS);
-    let pg = PgServer::builder()
-        .setting("max_wal_size", "8GB")
-        .setting("checkpoint_timeout", "30min")
-        .start()
-        .expect("start Postgres");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     println!(
         "mirror apply — {rows} rows, {rounds} rounds, scale {scale}, Postgres {}",
         pg.psql("postgres", "SHOW server_version").unwrap().trim()

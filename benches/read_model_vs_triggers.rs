@@ -32,6 +32,8 @@
 //!
 //! Run: `cargo bench -p pgprism-sink --bench read_model_vs_triggers`
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -345,25 +347,18 @@ struct Run {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
-        // `cargo test --benches` / nextest discovery: nothing to run here.
+    let Some(common::Bench {
+        scale,
+        rounds,
+        pg,
+        rt,
+    }) = common::start()
+    else {
         return;
-    }
-    let env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<f64>().ok());
-    let scale = env("PGPRISM_BENCH_SCALE").unwrap_or(1.0);
-    let rounds = env("PGPRISM_BENCH_ROUNDS").map_or(3, |r| (r as usize).max(1));
-    let consumers = env("PGPRISM_BENCH_CONSUMERS").map_or(8, |c| (c as usize).max(1));
+    };
+    let consumers =
+        common::env_number("PGPRISM_BENCH_CONSUMERS").map_or(8, |c| (c as usize).max(1));
     let txns = ((TRANSACTIONS as f64 * scale) as usize).max(100);
-    let pg = PgServer::builder()
-        .setting("max_wal_size", "8GB")
-        .setting("checkpoint_timeout", "30min")
-        .start()
-        .expect("start Postgres");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let workload = Workload::generate(txns, SEED);
     println!(
         "order_read_model: pgprism vs triggers — {txns} transactions, {} row changes, \

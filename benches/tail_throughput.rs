@@ -13,6 +13,8 @@
 //!
 //! Run: `cargo bench -p pgprism --bench tail_throughput`
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -72,28 +74,15 @@ impl Consumer {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
-        // `cargo test --benches` / nextest discovery: nothing to run here.
+    let Some(common::Bench {
+        scale,
+        rounds,
+        pg,
+        rt,
+    }) = common::start()
+    else {
         return;
-    }
-    let scale: f64 = std::env::var("PGPRISM_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    let rounds: usize = std::env::var("PGPRISM_BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    let pg = PgServer::builder()
-        .setting("max_wal_size", "8GB")
-        .setting("checkpoint_timeout", "30min")
-        .start()
-        .expect("start Postgres");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    };
     let tail_bin = env!("CARGO_BIN_EXE_pgprism");
     let recvlogical = pgprism_testkit::bin_dir().unwrap().join("pg_recvlogical");
 
