@@ -1,11 +1,28 @@
-//! The loop from a replication stream into the projector: push chunks, flush on size,
-//! age or an idle stream, and acknowledge the slot only up to what every target has made
-//! durable (held back by the replay window).
+//! The loop from a replication stream into the projector, and when it flushes.
+//!
+//! **Group commit.** A flush starts as soon as changes are waiting and no flush runs; while
+//! it runs, the stream keeps being read into an inbox, and when it has committed, the
+//! inbox is routed and flushed at once. So batches follow the load: at a low rate each
+//! transaction is flushed as it arrives (no fixed wait), and when transactions arrive
+//! faster than one flush takes, the next batch holds everything that arrived during the
+//! previous flush — the batch grows until flushing keeps up. A backlog fills the inbox to
+//! the adaptive batch size (which grows while the lag is above `target_lag`).
+//!
+//! Nothing here waits on stream idleness or keepalives: a server keepalive arrives after
+//! nearly every transaction under a steady load (the walsender sends one whenever it
+//! waits for WAL while the client has not confirmed everything), and flushing on it would
+//! mean one flush per transaction however far behind the projection is.
+//!
+//! Memory stays bounded: the inbox takes at most a batch's worth of changes and
+//! [`INBOX_BYTES`] of change data, then the stream waits (its reader's queue and the
+//! transport's buffer are bounded too). The slot is acknowledged only up to what every
+//! target has made durable (held back by the replay window).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use pgprism_decoder::Lsn;
-use pgprism_decoder::stream::{ReplicationStream, StreamError, StreamEvent};
+use pgprism_decoder::stream::{ReplicationStream, StreamError, StreamEvent, TxnChunk};
 use pgprism_leader::slot::slot_ack;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -13,16 +30,15 @@ use tokio::time::Instant;
 use crate::error::SinkError;
 use crate::projector::{FlushReport, Projector};
 
-/// How soon after the stream goes idle the waiting changes are flushed: long enough to
-/// gather a burst, short enough to keep the read models fresh.
-pub const IDLE_FLUSH_DELAY: Duration = Duration::from_millis(5);
-
 /// With nothing to flush, still flush this often: idle targets store their offsets (so
 /// status stays current) and carry out `pgprism dlq` requests.
 pub const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// Stream events decoded ahead of the projector (each chunk at most 4096 changes / 16 MiB).
 pub const READ_AHEAD: usize = 4;
+
+/// Most bytes of change data held in the inbox while a flush runs.
+pub const INBOX_BYTES: usize = 64 << 20;
 
 /// Why driving stopped.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +61,56 @@ pub struct DriveOptions {
     pub until: Option<Lsn>,
 }
 
+/// Chunks received while the projector was busy flushing, oldest first.
+#[derive(Debug, Default)]
+struct Inbox {
+    chunks: VecDeque<TxnChunk>,
+    changes: usize,
+    bytes: usize,
+    /// The newest keepalive position seen between transactions.
+    wal_end: Lsn,
+    /// A transaction at or past `until` arrived: take nothing more.
+    past_until: bool,
+}
+
+impl Inbox {
+    /// Whether it may take another event: below a batch's worth of changes and the byte cap.
+    fn has_room(&self, batch: usize) -> bool {
+        !self.past_until && self.changes < batch.max(1) && self.bytes < INBOX_BYTES
+    }
+
+    /// Take an event from the stream.
+    fn accept(&mut self, ev: StreamEvent, until: Option<Lsn>) {
+        match ev {
+            StreamEvent::Chunk(chunk) => {
+                // Transactions commit in order: this one and all later are past `until`.
+                if until.is_some_and(|u| chunk.txn.commit_lsn >= u) {
+                    self.past_until = true;
+                    return;
+                }
+                // An empty chunk (a transaction with nothing decoded) still counts once.
+                self.changes += chunk.changes.len().max(1);
+                self.bytes += chunk.bytes;
+                self.chunks.push_back(chunk);
+            }
+            StreamEvent::Keepalive { wal_end } => self.wal_end = self.wal_end.max(wal_end),
+            StreamEvent::Idle | StreamEvent::Message(_) => {}
+        }
+    }
+
+    fn pop(&mut self) -> Option<TxnChunk> {
+        let chunk = self.chunks.pop_front()?;
+        self.changes -= chunk.changes.len().max(1);
+        self.bytes -= chunk.bytes;
+        Some(chunk)
+    }
+
+    /// The commit time of the oldest chunk held.
+    fn oldest_commit(&self) -> Option<i64> {
+        self.chunks.front().map(|c| c.txn.commit_time)
+    }
+}
+
 /// Drive `projector` from `stream` until `stop` turns true (or `opts.until` is reached);
 /// what was pushed is flushed and acknowledged before returning. `on_flush` sees every
 /// flush (for metrics and logs).
@@ -56,8 +122,9 @@ pub async fn drive(
     mut on_flush: impl FnMut(&FlushReport),
 ) -> Result<(), DriveError> {
     let acker = stream.acker();
+    let clock = projector.lag_clock();
     // Decoding overlaps sink writes: a reader fills a small bounded queue while a flush
-    // waits on the sinks, so memory stays bounded by the queue when a sink is slow.
+    // waits on the sinks.
     let (tx, mut rx) = mpsc::channel::<Result<StreamEvent, StreamError>>(READ_AHEAD);
     let reader = async {
         loop {
@@ -70,73 +137,69 @@ pub async fn drive(
         std::future::pending::<()>().await
     };
     tokio::pin!(reader);
-    let mut idle_at: Option<Instant> = None;
-    let mut wal_end = Lsn(0);
+    let closed = || DriveError::Stream(StreamError::Protocol("the stream reader stopped".into()));
+    let mut inbox = Inbox::default();
     let mut last_flush = Instant::now();
-    let done = |p: &Projector, wal_end: Lsn| {
-        opts.until
-            .is_some_and(|u| p.ack_lsn() >= u || (wal_end >= u && !p.has_unflushed()))
-    };
     let consume = async {
         loop {
-            if *stop.borrow() || done(projector, wal_end) {
+            // The projector is free: route what arrived while it was flushing.
+            while let Some(chunk) = inbox.pop() {
+                clock.set_queued(inbox.oldest_commit());
+                if let Some(report) = projector.push(&chunk).await? {
+                    last_flush = Instant::now();
+                    on_flush(&report);
+                }
+            }
+            clock.set_queued(None);
+            acker.ack(slot_ack(projector.ack_lsn(), opts.replay_window));
+            let until_done = opts.until.is_some_and(|u| {
+                projector.ack_lsn() >= u || (inbox.wal_end >= u && !projector.has_unflushed())
+            });
+            if *stop.borrow() || until_done || inbox.past_until {
                 return Ok(());
             }
-            let deadline = match (projector.flush_deadline(), idle_at) {
-                (Some(a), Some(i)) => Instant::from_std(a).min(i),
-                (Some(a), None) => Instant::from_std(a),
-                (None, _) => last_flush + IDLE_TICK,
+            let flush = if projector.pending() > 0 {
+                // Group commit: what waits is flushed now; Postgres mirror batches apply
+                // in the background while the next ones are routed.
+                Some(true)
+            } else if projector.has_unflushed() && rx.is_empty() {
+                // Only background flushes are left and the stream is quiet: wait for them,
+                // so the offsets and the slot's acknowledgement move.
+                Some(false)
+            } else if last_flush.elapsed() >= IDLE_TICK {
+                Some(false)
+            } else {
+                None
             };
-            let ev = tokio::select! {
-                // Stop first: a stop request must not wait behind a busy stream. Then the
-                // flush deadline, so a busy stream never delays a due flush.
-                biased;
-                _ = stop.changed() => continue,
-                () = tokio::time::sleep_until(deadline) => {
-                    idle_at = None;
-                    last_flush = Instant::now();
-                    let report = projector.flush().await?;
-                    on_flush(&report);
-                    acker.ack(slot_ack(projector.ack_lsn(), opts.replay_window));
-                    continue;
-                }
-                ev = rx.recv() => match ev {
-                    Some(ev) => ev?,
-                    None => return Err(DriveError::Stream(StreamError::Protocol("the stream reader stopped".into()))),
-                },
+            let Some(behind) = flush else {
+                // Nothing to write: wait for the stream.
+                let ev = tokio::select! {
+                    // Stop first: a stop request must not wait behind a busy stream.
+                    biased;
+                    _ = stop.changed() => continue,
+                    () = tokio::time::sleep_until(last_flush + IDLE_TICK) => continue,
+                    ev = rx.recv() => ev.ok_or_else(closed)??,
+                };
+                inbox.accept(ev, opts.until);
+                continue;
             };
-            match ev {
-                StreamEvent::Chunk(chunk) => {
-                    // Transactions commit in order: this one and all later are past `until`.
-                    if opts.until.is_some_and(|u| chunk.txn.commit_lsn >= u) {
-                        return Ok(());
-                    }
-                    if let Some(report) = projector.push(&chunk).await? {
-                        last_flush = Instant::now();
-                        on_flush(&report);
-                        acker.ack(slot_ack(projector.ack_lsn(), opts.replay_window));
-                    }
-                }
-                StreamEvent::Idle => {
-                    // A pause of the stream while catching up is not the end of the
-                    // backlog: flushing then would keep batches small when they should be
-                    // large. Near real time, flush soon for freshness.
-                    if projector.has_unflushed() && idle_at.is_none() && !projector.catching_up() {
-                        idle_at = Some(Instant::now() + IDLE_FLUSH_DELAY);
+            // The stream is read into the inbox while the flush runs (up to a batch).
+            let room = projector.batch_size();
+            let flushing = projector.flush_group(behind);
+            tokio::pin!(flushing);
+            let report = loop {
+                tokio::select! {
+                    // The flush first: once it is done, what arrived is routed at once.
+                    biased;
+                    r = &mut flushing => break r?,
+                    ev = rx.recv(), if inbox.has_room(room) => {
+                        inbox.accept(ev.ok_or_else(closed)??, opts.until);
+                        clock.set_queued(inbox.oldest_commit());
                     }
                 }
-                StreamEvent::Keepalive { wal_end: end } => {
-                    wal_end = end;
-                    if projector.has_unflushed() {
-                        idle_at = None;
-                        last_flush = Instant::now();
-                        let report = projector.flush().await?;
-                        on_flush(&report);
-                    }
-                    acker.ack(slot_ack(projector.ack_lsn(), opts.replay_window));
-                }
-                StreamEvent::Message(_) => {}
-            }
+            };
+            last_flush = Instant::now();
+            on_flush(&report);
         }
     };
     let result: Result<(), DriveError> = tokio::select! {

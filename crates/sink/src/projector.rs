@@ -91,16 +91,28 @@ pub struct FlushReport {
 pub struct LagClock {
     /// Microseconds since 2000-01-01; 0 when everything pushed is durable.
     oldest_pending_us: AtomicI64,
+    /// The same for changes received but not pushed yet (held while a flush runs); 0 when
+    /// there are none.
+    oldest_queued_us: AtomicI64,
 }
 
 impl LagClock {
     /// How long the oldest change not yet durable has waited since its commit; zero when
-    /// everything pushed is durable.
+    /// everything received is durable.
     pub fn lag(&self) -> Duration {
-        match self.oldest_pending_us.load(Ordering::Relaxed) {
-            0 => Duration::ZERO,
-            t => lag_of(t),
+        let pending = self.oldest_pending_us.load(Ordering::Relaxed);
+        let queued = self.oldest_queued_us.load(Ordering::Relaxed);
+        match [pending, queued].into_iter().filter(|&t| t != 0).min() {
+            None => Duration::ZERO,
+            Some(t) => lag_of(t),
         }
+    }
+
+    /// The commit time (µs since 2000-01-01) of the oldest change received but not pushed
+    /// to the projector yet; `None` when there is none.
+    pub fn set_queued(&self, commit_time: Option<i64>) {
+        self.oldest_queued_us
+            .store(commit_time.map_or(0, |c| c.max(1)), Ordering::Relaxed);
     }
 }
 
@@ -111,8 +123,6 @@ pub struct Projector {
     clock: Arc<LagClock>,
     lanes: Vec<Lane>,
     size: Adaptive,
-    max_age: Duration,
-    target_lag: Duration,
     /// Changes pushed since the last flush.
     changes: usize,
     /// When the first of them was pushed.
@@ -522,8 +532,6 @@ impl Projector {
         Ok(Projector {
             clock: Arc::new(LagClock::default()),
             size: Adaptive::new(&cfg.batch),
-            max_age: cfg.batch.max_age,
-            target_lag: cfg.batch.target_lag,
             changes: 0,
             oldest: None,
             oldest_commit: None,
@@ -600,7 +608,7 @@ impl Projector {
         };
         if self.pending() >= self.size.size() {
             // The next changes are routed while this batch is written.
-            return self.flush_with(true).await.map(Some);
+            return self.flush_group(true).await.map(Some);
         }
         Ok(None)
     }
@@ -620,15 +628,6 @@ impl Projector {
         self.oldest.is_some() || self.behind.is_some()
     }
 
-    /// When the oldest waiting change must be flushed (or a background flush waited for).
-    pub fn flush_deadline(&self) -> Option<Instant> {
-        let behind = self.behind.map(|(t, _)| t);
-        match (self.oldest, behind) {
-            (Some(a), Some(b)) => Some(a.min(b) + self.max_age),
-            (a, b) => a.or(b).map(|t| t + self.max_age),
-        }
-    }
-
     /// The current adaptive batch size.
     pub fn batch_size(&self) -> usize {
         self.size.size()
@@ -636,13 +635,14 @@ impl Projector {
 
     /// Make everything pushed so far durable in every target.
     pub async fn flush(&mut self) -> Result<FlushReport, SinkError> {
-        self.flush_with(false).await
+        self.flush_group(false).await
     }
 
-    /// Flush; with `behind`, Postgres lanes may write in the background (see
-    /// [`Lane::flush_behind`]). Reports count what became durable during the call,
+    /// Flush; with `behind`, Postgres mirror lanes may write in the background (see
+    /// [`Lane::flush_behind`]) while the next batch is routed, and their offsets become
+    /// durable at a later call. Reports count what became durable during the call,
     /// background flushes of earlier calls included.
-    async fn flush_with(&mut self, behind: bool) -> Result<FlushReport, SinkError> {
+    pub async fn flush_group(&mut self, behind: bool) -> Result<FlushReport, SinkError> {
         let started = Instant::now();
         let to = self.next;
         let ack = if to.changes_done == 0 {
@@ -749,12 +749,6 @@ impl Projector {
             .map(|l| l.ackable)
             .min()
             .unwrap_or_default()
-    }
-
-    /// Whether the projection is catching up (its lag is above `target_lag`): then
-    /// batches fill by size rather than being flushed whenever the stream pauses.
-    pub fn catching_up(&self) -> bool {
-        self.lag() > self.target_lag
     }
 
     /// How long the oldest change not yet durable has waited since its commit (zero when

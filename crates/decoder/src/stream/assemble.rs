@@ -55,6 +55,8 @@ pub struct TxnChunk {
     pub changes: Vec<Change>,
     /// Set on the last chunk of the transaction.
     pub end: Option<TxnEnd>,
+    /// Wire bytes of its changes (what a consumer holding chunks bounds its memory by).
+    pub bytes: usize,
 }
 
 /// One row-level (or message) change of a transaction.
@@ -318,6 +320,7 @@ impl Assembler {
                         end_lsn,
                         change_count: open.seq,
                     }),
+                    bytes: open.chunk_bytes,
                 })))
             }
         }
@@ -385,13 +388,14 @@ impl Assembler {
         let changes = std::mem::take(&mut open.chunk);
         let first_seq = open.chunk_first_seq;
         open.chunk_first_seq = open.seq;
-        open.chunk_bytes = 0;
+        let bytes = std::mem::take(&mut open.chunk_bytes);
         self.partial = Some((open.info.commit_lsn, open.seq));
         Ok(Some(Assembled::Chunk(TxnChunk {
             txn: open.info,
             first_seq,
             changes,
             end: None,
+            bytes,
         })))
     }
 }
