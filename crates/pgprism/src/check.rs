@@ -10,6 +10,9 @@ use pgprism_decoder::stream::{SourceDsn, pg_error_text, quote_ident};
 use pgprism_leader::Epoch;
 use tokio_postgres::{Client, NoTls};
 
+use pgprism_sink::query::tables_without_statistics;
+use pgprism_sink::spec::{ProjectionKind, parse_table_name};
+
 use crate::config::Config;
 
 /// `pgprism check`
@@ -29,6 +32,11 @@ struct Findings {
 impl Findings {
     fn ok(&self, what: &str) {
         println!("ok       {what}");
+    }
+
+    /// Works, but slower than it should: not a problem (the exit code stays 0).
+    fn warning(&self, what: &str) {
+        println!("WARNING  {what}");
     }
 
     fn problem(&mut self, what: &str) {
@@ -68,12 +76,47 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
         for problem in pgprism_sink::projector::check(&cfg.projector(Epoch(0))?).await {
             f.problem(&problem.to_string());
         }
+        statistics(&cfg, &dsn, &mut f).await;
     }
     if f.problems == 0 {
         println!("all checks passed");
         Ok(())
     } else {
         anyhow::bail!("{} problem(s) found", f.problems)
+    }
+}
+
+/// Source tables of query projections that hold data but were never analyzed: the
+/// projection query's plans over them are guesses (a recompute can be ~25× slower).
+async fn statistics(cfg: &Config, dsn: &SourceDsn, f: &mut Findings) {
+    let Ok((client, conn)) = dsn.sql_config().connect(NoTls).await else {
+        return;
+    };
+    tokio::spawn(conn);
+    for p in cfg
+        .projections
+        .iter()
+        .filter(|p| p.kind == ProjectionKind::Query)
+    {
+        let tables: Vec<(String, String)> =
+            p.keys.keys().filter_map(|t| parse_table_name(t)).collect();
+        match tables_without_statistics(&client, &tables).await {
+            Ok(missing) if missing.is_empty() => f.ok(&format!(
+                "projection {:?}: its source tables have planner statistics",
+                p.name
+            )),
+            Ok(missing) => f.warning(&format!(
+                "projection {:?}: {} never analyzed (no planner statistics): its query's plans are guesses and a recompute can be many times slower; fix: ANALYZE {}",
+                p.name,
+                missing.join(", "),
+                missing.join(", ")
+            )),
+            Err(e) => f.warning(&format!(
+                "projection {:?}: could not read planner statistics: {}",
+                p.name,
+                pg_error_text(&e)
+            )),
+        }
     }
 }
 

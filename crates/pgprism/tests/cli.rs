@@ -101,6 +101,41 @@ fn check_reports_each_problem_on_one_line_with_the_fix() {
     assert!(all.contains("error: "), "{all}");
 }
 
+#[test]
+fn check_warns_of_source_tables_without_statistics_until_analyzed() {
+    let s = Setup::new(PgServer::start().unwrap());
+    assert!(s.output(&["slot", "create"]).status.success());
+    // Existing data, loaded in bulk and never analyzed (autovacuum has not got to it).
+    s.sql(
+        "ALTER TABLE orders SET (autovacuum_enabled = off);
+         ALTER TABLE order_items SET (autovacuum_enabled = off);
+         INSERT INTO customers (name, email) VALUES ('c', 'c@example.com');
+         INSERT INTO orders (customer_id) SELECT id FROM customers, generate_series(1, 500);
+         ANALYZE customers",
+    );
+    let out = s.output(&["check"]);
+    let all = text(&out);
+    // A warning, not a problem: the pipeline works, only slower.
+    assert!(out.status.success(), "{all}");
+    let want = "WARNING  projection \"order_read_model\": public.orders never analyzed (no planner statistics)";
+    assert!(all.contains(want), "want {want:?} in:\n{all}");
+    assert!(all.contains("fix: ANALYZE public.orders"), "{all}");
+    // Empty tables (order_items, products) and analyzed ones (customers) are not named.
+    assert!(
+        !all.contains("public.order_items never") && !all.contains("customers never"),
+        "{all}"
+    );
+    s.sql("ANALYZE orders");
+    let all = text(&s.output(&["check"]));
+    assert!(!all.contains("WARNING"), "{all}");
+    assert!(
+        all.contains(
+            "ok       projection \"order_read_model\": its source tables have planner statistics"
+        ),
+        "{all}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_status_and_replay_from_the_command_line() {
     let s = Setup::new(PgServer::start().unwrap());

@@ -125,6 +125,9 @@ pub struct Lane {
     dead: DeadLetters,
     pending: Option<Pending>,
     pending_changes: usize,
+    /// The pending keys, already recomputed for another target of the same projection
+    /// (see [`Lane::share_recompute`]); taken by the next attempt to write them.
+    recomputed: Option<Arc<Batch>>,
     /// Keys in the last batch written: room reserved in the next one.
     last_keys: usize,
     /// The shape of the rows (known from the source catalog at start, kept current).
@@ -275,6 +278,7 @@ impl Lane {
             source: None,
             pending: None,
             pending_changes: 0,
+            recomputed: None,
             last_keys: 0,
             inflight: VecDeque::new(),
             next_session: 0,
@@ -650,7 +654,12 @@ impl Lane {
         self.covered = self.stored;
         let newer = self.pending.take();
         let newer_changes = self.pending_changes;
-        let mut report = LaneFlush::default();
+        // The failed batch is retried below: a lock wait or timeout counts as contention.
+        let mut report = LaneFlush {
+            retries: u32::from(e.class() == Class::Transient),
+            contended: is_contention(&e),
+            ..LaneFlush::default()
+        };
         for (batch, changes, to, ack) in redo {
             self.pending = Some(Pending::Rows(batch));
             self.pending_changes = changes;
@@ -729,10 +738,7 @@ impl Lane {
                 }
                 Err(e) if e.class() == Class::Transient && !e.is_fenced() => {
                     report.retries += 1;
-                    report.contended |= matches!(
-                        e.code().as_deref(),
-                        Some("40P01" | "55P03" | "57014" | "40001")
-                    );
+                    report.contended |= is_contention(&e);
                     let delay = self.backoff.delay(attempt);
                     attempt += 1;
                     tracing::warn!(target_name = %self.name, error = %e, retry_in = ?delay, "transient sink error; retrying the batch");
@@ -797,6 +803,11 @@ impl Lane {
         let keys = match &self.pending {
             None => return Ok(None),
             Some(Pending::Rows(b)) => return Ok(Some((b.clone(), Vec::new()))),
+            Some(Pending::Keys(_)) if self.recomputed.is_some() => {
+                let batch = self.recomputed.take().expect("checked");
+                self.shape = Some(batch.shape.clone());
+                return Ok(Some((batch, Vec::new())));
+            }
             Some(Pending::Keys(k)) => k.clone(),
         };
         let existing = if keys.everything {
@@ -811,6 +822,47 @@ impl Lane {
         let (batch, failed) = q.resolve(source, keys, existing).await?;
         self.shape = Some(batch.shape.clone());
         Ok(Some((Arc::new(batch), failed)))
+    }
+
+    /// Whether this lane's next write is the same recompute as `other`'s: both are
+    /// targets of one query projection that took the same changes since the same offset
+    /// (so their pending keys are equal), and none of them needs every key of its own
+    /// target recomputed (after a truncate).
+    pub(crate) fn same_recompute(&self, other: &Lane) -> bool {
+        let keys = |l: &Lane| match (&l.logic, &l.pending, l.detached) {
+            (Logic::Query(_), Some(Pending::Keys(k)), None) => !k.everything,
+            _ => false,
+        };
+        self.projection == other.projection
+            && keys(self)
+            && keys(other)
+            && self.covered == other.covered
+            && self.pending_changes == other.pending_changes
+    }
+
+    /// Recompute the pending keys once for every target of the projection: the result
+    /// is handed to the lanes in `others` (and kept for this one) when the query
+    /// succeeded for every key; otherwise each lane recomputes on its own (and
+    /// dead-letters the keys that fail, retries transient errors).
+    pub(crate) async fn share_recompute(&mut self, others: &mut [&mut Lane]) {
+        self.recomputed = None;
+        match self.materialize().await {
+            Ok(Some((batch, failed))) if failed.is_empty() => {
+                for other in others {
+                    other.recomputed = Some(batch.clone());
+                }
+                self.recomputed = Some(batch);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(target_name = %self.name, error = %e, "a shared recompute failed; each target recomputes on its own");
+            }
+        }
+    }
+
+    /// Forget a recompute handed over for a batch that was not written.
+    pub(crate) fn forget_recompute(&mut self) {
+        self.recomputed = None;
     }
 
     /// The keys present in the target now (a source table of a query projection was
@@ -1024,6 +1076,15 @@ impl Lane {
         self.ackable = acknowledgeable(to);
         Ok(())
     }
+}
+
+/// Whether a sink error comes from contention (deadlock, lock wait, statement timeout,
+/// serialization failure): the batch is retried smaller.
+fn is_contention(e: &SinkError) -> bool {
+    matches!(
+        e.code().as_deref(),
+        Some("40P01" | "55P03" | "57014" | "40001")
+    )
 }
 
 /// Roll back a session's open transaction; once it is gone, so are the rows its staging

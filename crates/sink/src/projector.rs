@@ -651,6 +651,7 @@ impl Projector {
             self.last_end
         };
         let rows = self.pending();
+        self.share_recomputes().await;
         let outcomes = join_all(self.lanes.iter_mut().map(|l| async move {
             match (l.detached, behind) {
                 (Some(_), _) => Ok(LaneFlush::default()),
@@ -740,6 +741,32 @@ impl Projector {
         self.oldest = None;
         self.oldest_commit = None;
         Ok(report)
+    }
+
+    /// Targets of one query projection that wait on the same keys recompute them once
+    /// (the query runs on the source, so each extra target would double its load).
+    async fn share_recomputes(&mut self) {
+        let mut done = vec![false; self.lanes.len()];
+        for i in 0..self.lanes.len() {
+            self.lanes[i].forget_recompute();
+        }
+        for i in 0..self.lanes.len() {
+            if done[i] {
+                continue;
+            }
+            let (head, tail) = self.lanes.split_at_mut(i + 1);
+            let lead = &mut head[i];
+            let mut same = Vec::new();
+            for (j, other) in tail.iter_mut().enumerate() {
+                if lead.same_recompute(other) {
+                    done[i + 1 + j] = true;
+                    same.push(other);
+                }
+            }
+            if !same.is_empty() {
+                lead.share_recompute(&mut same).await;
+            }
+        }
     }
 
     /// What the slot may be acknowledged to: every target has everything before it.

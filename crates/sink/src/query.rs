@@ -105,6 +105,42 @@ pub struct QueryProjection {
     sources: Vec<SourceTable>,
     /// Known after the query was prepared on the source: row shape and the text-casting wrapper.
     prepared: Option<(Arc<Shape>, String)>,
+    /// A slow recompute was logged (once per projection and process).
+    warned_slow: bool,
+}
+
+/// A recompute slower than this per key (over at least [`SLOW_MIN_KEYS`] keys) is logged
+/// once, with its likely cause. The example read model takes ~20–50 µs per key with
+/// planner statistics and ~25× that on tables never analyzed.
+pub const SLOW_PER_KEY: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Fewest keys a recompute must have to be judged by its time per key.
+pub const SLOW_MIN_KEYS: usize = 20;
+
+/// Of the tables `(schema, table)`, those holding data without planner statistics (never
+/// `ANALYZE`d, by hand or by autovacuum), as `schema.table` quoted for SQL. Their plans
+/// are guesses: a projection query over them can be many times slower.
+pub async fn tables_without_statistics(
+    client: &Client,
+    tables: &[(String, String)],
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let (schemas, names): (Vec<&str>, Vec<&str>) =
+        tables.iter().map(|(s, t)| (s.as_str(), t.as_str())).unzip();
+    let rows = client
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname)
+               FROM unnest($1::text[], $2::text[]) AS t(s, r)
+               JOIN pg_namespace n ON n.nspname = t.s
+               JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.r
+              WHERE pg_relation_size(c.oid) > 0
+                AND (c.reltuples < 0
+                     OR NOT EXISTS (SELECT 1 FROM pg_stats st
+                                     WHERE st.schemaname = n.nspname AND st.tablename = c.relname))
+              ORDER BY 1",
+            &[&schemas, &names],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 impl QueryProjection {
@@ -125,7 +161,16 @@ impl QueryProjection {
                 })
                 .collect(),
             prepared: None,
+            warned_slow: false,
         }
+    }
+
+    /// The source tables the projection maps changes from, as `(schema, table)`.
+    pub fn source_tables(&self) -> Vec<(String, String)> {
+        self.sources
+            .iter()
+            .map(|s| (s.schema.clone(), s.table.clone()))
+            .collect()
     }
 
     /// The projection's name.
@@ -277,6 +322,28 @@ impl QueryProjection {
 
     /// Run the projection query for `keys`; when it fails for some keys (a value error
     /// raised by the query), bisect until those keys are alone and return them apart.
+    /// Log once when a recompute of `keys` keys took more than [`SLOW_PER_KEY`] each,
+    /// with the likely cause: source tables never analyzed (then the fix is `ANALYZE`),
+    /// else the query's plan.
+    async fn judge_speed(&mut self, source: &Client, keys: usize, took: std::time::Duration) {
+        if self.warned_slow || keys < SLOW_MIN_KEYS || took < SLOW_PER_KEY * keys as u32 {
+            return;
+        }
+        self.warned_slow = true;
+        let per_key = took / keys as u32;
+        match tables_without_statistics(source, &self.source_tables()).await {
+            Ok(tables) if !tables.is_empty() => tracing::warn!(
+                projection = %self.name, keys, took = ?took, per_key = ?per_key,
+                "the projection query is slow; likely cause: {} never analyzed (no planner statistics), so its plans are guesses; fix: ANALYZE {}",
+                tables.join(", "), tables.join(", ")
+            ),
+            _ => tracing::warn!(
+                projection = %self.name, keys, took = ?took, per_key = ?per_key,
+                "the projection query is slow; likely cause: its plan (a scan where an index on the key columns would serve, or a costly subquery per key); see EXPLAIN ANALYZE of the query with a batch of keys"
+            ),
+        }
+    }
+
     async fn recompute(
         &self,
         source: &Client,
@@ -461,7 +528,10 @@ impl QueryProjection {
             return Ok((batch, Vec::new()));
         }
         let asked: Vec<Key> = wanted.keys().cloned().collect();
+        let started = std::time::Instant::now();
         let (rows, failed) = self.recompute(source, &wrapped, asked).await?;
+        self.judge_speed(source, wanted.len(), started.elapsed())
+            .await;
         let failed: Vec<(Key, Entry, SinkError)> = failed
             .into_iter()
             .filter_map(|(key, e)| {
