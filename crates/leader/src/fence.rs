@@ -13,8 +13,10 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::TryStreamExt;
 use pgprism_decoder::Lsn;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, GenericClient};
 
 use crate::error::position;
@@ -288,20 +290,27 @@ impl PgFence {
                 "rewinding the sink's offset",
             ),
         };
-        let updated = tx
-            .execute(
-                sql,
-                &[
-                    &self.pipeline,
-                    &self.sink,
-                    &self.epoch.0,
-                    &lsn_text(to.resume_lsn),
-                    &n,
-                ],
-            )
+        // Typed parameters: one round trip in every sink commit.
+        let lsn = lsn_text(to.resume_lsn);
+        let params: [(&(dyn ToSql + Sync), Type); 5] = [
+            (&self.pipeline, Type::TEXT),
+            (&self.sink, Type::TEXT),
+            (&self.epoch.0, Type::INT8),
+            (&lsn, Type::TEXT),
+            (&n, Type::INT8),
+        ];
+        let rows = tx
+            .query_typed_raw(sql, params.iter().map(|(v, t)| (*v, t.clone())))
             .await
             .map_err(LeaderError::db(context))?;
-        if updated == 1 {
+        let mut rows = std::pin::pin!(rows);
+        while rows
+            .try_next()
+            .await
+            .map_err(LeaderError::db(context))?
+            .is_some()
+        {}
+        if rows.rows_affected() == Some(1) {
             return Ok(());
         }
         Err(self.why_not(tx, to).await?)

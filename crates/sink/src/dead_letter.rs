@@ -13,6 +13,7 @@
 //! held ones); if it fails again the letters stay, with the new error.
 
 use tokio_postgres::GenericClient;
+use tokio_postgres::types::Type;
 
 use crate::batch::{Entry, Key, Shape, entry_json, key_json};
 use crate::error::SinkError;
@@ -151,9 +152,9 @@ impl DeadLetters {
         // Usually there are none: one index probe instead of shipping every key of the
         // batch to the server.
         let any: bool = c
-            .query_one(
+            .query_typed_one(
                 "SELECT EXISTS (SELECT 1 FROM pgprism.dead_letters WHERE pipeline = $1 AND target = $2)",
-                &[&self.pipeline, &self.target],
+                &[(&self.pipeline, Type::TEXT), (&self.target, Type::TEXT)],
             )
             .await
             .map_err(SinkError::pg(&self.target, "looking up held keys"))?
@@ -234,8 +235,9 @@ impl DeadLetters {
 
     /// Every letter of every key with a requested action, in order (by key, then id).
     pub async fn requested(&self, c: &impl GenericClient) -> Result<Vec<Stored>, SinkError> {
+        // Typed parameters: one round trip, every flush.
         let rows = c
-            .query(
+            .query_typed(
                 &format!(
                     "SELECT {COLUMNS} FROM pgprism.dead_letters d
                       WHERE pipeline = $1 AND target = $2
@@ -243,7 +245,7 @@ impl DeadLetters {
                                      WHERE pipeline = $1 AND target = $2 AND action IS NOT NULL)
                       ORDER BY key, id"
                 ),
-                &[&self.pipeline, &self.target],
+                &[(&self.pipeline, Type::TEXT), (&self.target, Type::TEXT)],
             )
             .await
             .map_err(SinkError::pg(

@@ -103,8 +103,9 @@ pub struct QueryProjection {
     key: Vec<String>,
     query: String,
     sources: Vec<SourceTable>,
-    /// Known after the query was prepared on the source: row shape and the text-casting wrapper.
-    prepared: Option<(Arc<Shape>, String)>,
+    /// Known after the query was prepared on the source: row shape, the text-casting
+    /// wrapper and its parameter types (so each recompute is one typed round trip).
+    prepared: Option<(Arc<Shape>, String, Vec<Type>)>,
     /// A slow recompute was logged (once per projection and process).
     warned_slow: bool,
 }
@@ -201,7 +202,7 @@ impl QueryProjection {
 
     /// Prepare the query on the source: learn the row shape. Errors name the projection.
     pub async fn prepare(&mut self, source: &Client) -> Result<Arc<Shape>, SinkError> {
-        if let Some((shape, _)) = &self.prepared {
+        if let Some((shape, _, _)) = &self.prepared {
             return Ok(shape.clone());
         }
         let stmt = source
@@ -245,7 +246,7 @@ impl QueryProjection {
             .join(", ");
         let wrapped = format!("SELECT {select} FROM ({}) AS q", self.query);
         let shape = Arc::new(Shape { columns, key });
-        self.prepared = Some((shape.clone(), wrapped));
+        self.prepared = Some((shape.clone(), wrapped, stmt.params().to_vec()));
         Ok(shape)
     }
 
@@ -348,6 +349,7 @@ impl QueryProjection {
         &self,
         source: &Client,
         wrapped: &str,
+        types: &[Type],
         keys: Vec<Key>,
     ) -> Result<(Vec<Row>, Vec<(Key, SinkError)>), SinkError> {
         let mut rows = Vec::new();
@@ -363,17 +365,19 @@ impl QueryProjection {
                     TextArray::new(&col)
                 })
                 .collect();
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-            // Inside the snapshot's transaction: a failing query must not abort it.
-            source
-                .batch_execute("SAVEPOINT pgprism_recompute")
-                .await
-                .map_err(SinkError::pg(&self.name, "running the projection query"))?;
-            let result = source
-                .query(wrapped, &refs)
-                .await
-                .map_err(SinkError::pg(&self.name, "running the projection query"));
+            let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
+                .iter()
+                .zip(types)
+                .map(|(p, t)| (p as &(dyn ToSql + Sync), t.clone()))
+                .collect();
+            // Inside the snapshot's transaction: a failing query must not abort it. The
+            // savepoint and the query go out together (one round trip).
+            let (saved, result) = tokio::join!(
+                source.batch_execute("SAVEPOINT pgprism_recompute"),
+                source.query_typed(wrapped, &typed)
+            );
+            saved.map_err(SinkError::pg(&self.name, "running the projection query"))?;
+            let result = result.map_err(SinkError::pg(&self.name, "running the projection query"));
             let end = if result.is_ok() {
                 "RELEASE SAVEPOINT pgprism_recompute"
             } else {
@@ -423,12 +427,11 @@ impl QueryProjection {
         let xids: Vec<i64> = keys.xids.iter().map(|&x| i64::from(x)).collect();
         let started = std::time::Instant::now();
         loop {
-            source
-                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .await
-                .map_err(SinkError::pg(&self.name, "taking a snapshot of the source"))?;
-            let running: i64 = match source
-                .query_one(
+            // The transaction and its first statement go out together (one round trip).
+            let xid_param: [(&(dyn ToSql + Sync), Type); 1] = [(&xids, Type::INT8_ARRAY)];
+            let (begun, running) = tokio::join!(
+                source.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+                source.query_typed_one(
                     // Widen each 32-bit xid to the xid8 nearest the snapshot's xmax (it is
                     // recent), then ask the snapshot: an xid at or past xmax, or in the
                     // in-progress list, is not visible yet.
@@ -439,10 +442,14 @@ impl QueryProjection {
                               (m.xmax - (((m.xmax % 4294967296) - x.xid + 6442450944) % 4294967296
                                          - 2147483648))::text::xid8,
                               s.snap)",
-                    &[&xids],
+                    &xid_param,
                 )
-                .await
-            {
+            );
+            if let Err(e) = begun {
+                let _ = source.batch_execute("ROLLBACK").await;
+                return Err(SinkError::pg(&self.name, "taking a snapshot of the source")(e));
+            }
+            let running: i64 = match running {
                 Ok(r) => r.get(0),
                 Err(e) => {
                     let _ = source.batch_execute("ROLLBACK").await;
@@ -482,10 +489,10 @@ impl QueryProjection {
         keys: KeySet,
         existing: Vec<Key>,
     ) -> Result<(Batch, Vec<(Key, Entry, SinkError)>), SinkError> {
-        let wrapped = self
+        let (wrapped, types) = self
             .prepared
             .as_ref()
-            .map(|(_, w)| w.clone())
+            .map(|(_, w, t)| (w.clone(), t.clone()))
             .unwrap_or_default();
         let pos = keys.last.unwrap_or_default();
         let mut wanted: IndexMap<Key, Origin> = keys.direct;
@@ -529,7 +536,7 @@ impl QueryProjection {
         }
         let asked: Vec<Key> = wanted.keys().cloned().collect();
         let started = std::time::Instant::now();
-        let (rows, failed) = self.recompute(source, &wrapped, asked).await?;
+        let (rows, failed) = self.recompute(source, &wrapped, &types, asked).await?;
         self.judge_speed(source, wanted.len(), started.elapsed())
             .await;
         let failed: Vec<(Key, Entry, SinkError)> = failed
