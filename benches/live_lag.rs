@@ -316,7 +316,7 @@ async fn probe(dsn: &str, redis_url: &str, stop: &AtomicBool) -> Vec<Duration> {
                     == 1;
             }
             if !(in_pg && in_redis) {
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
         out.push(committed.elapsed());

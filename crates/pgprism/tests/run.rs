@@ -133,6 +133,84 @@ fn rows(pg: &PgServer, db: &str, sql: &str) -> Vec<String> {
     r
 }
 
+#[test]
+fn a_slow_recompute_is_logged_once_with_its_likely_cause() {
+    let pg = PgServer::start().unwrap();
+    let redis = RedisServer::start().unwrap();
+    let (db, dsn) = pg.fresh_database().unwrap();
+    pg.psql(&db, &format!("{SCHEMA}\n{READ_MODELS}")).unwrap();
+    // Existing orders, loaded in bulk and never analyzed.
+    pg.psql(
+        &db,
+        "ALTER TABLE orders SET (autovacuum_enabled = off);
+         INSERT INTO customers (name, email) VALUES ('c', 'c@example.com');
+         INSERT INTO orders (customer_id) SELECT id FROM customers, generate_series(1, 500);
+         ANALYZE customers",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pgprism.toml");
+    // A query that takes 2 ms per key, whatever the plan.
+    let slow = EXAMPLE.replace(
+        " WHERE o.id = ANY($1)\n",
+        " WHERE o.id = ANY($1) AND pg_sleep(0.002)::text IS NOT NULL\n",
+    );
+    assert_ne!(slow, EXAMPLE);
+    std::fs::write(&config, slow).unwrap();
+    let a = start_replica("a", &config, &dsn, &redis.url(), dir.path());
+    eventually_or(
+        "a leads and streams",
+        Duration::from_secs(30),
+        || a.ready().filter(|b| b.contains("leader")),
+        || a.log(),
+    );
+    // Two batches of 50 orders each.
+    for _ in 0..2 {
+        pg.psql(
+            &db,
+            "UPDATE orders SET status = 'confirmed'
+              WHERE id IN (SELECT id FROM orders WHERE status = 'pending' LIMIT 50)",
+        )
+        .unwrap();
+        eventually_or(
+            "the batch is applied",
+            Duration::from_secs(30),
+            || {
+                let n = rows(
+                    &pg,
+                    &db,
+                    "SELECT count(*) FROM order_read_model WHERE status = 'confirmed'",
+                );
+                (n.first().map(String::as_str) != Some("0")).then_some(())
+            },
+            || a.log(),
+        );
+    }
+    eventually_or(
+        "both batches applied",
+        Duration::from_secs(30),
+        || {
+            let n = rows(
+                &pg,
+                &db,
+                "SELECT count(*) FROM order_read_model WHERE status = 'confirmed'",
+            );
+            (n.first().map(String::as_str) == Some("100")).then_some(())
+        },
+        || a.log(),
+    );
+    let log = a.log();
+    assert_eq!(
+        log.matches("the projection query is slow").count(),
+        1,
+        "logged once:\n{log}"
+    );
+    assert!(
+        log.contains("public.orders never analyzed") && log.contains("fix: ANALYZE public.orders"),
+        "{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_survive_a_sigterm_of_the_leader_and_the_read_models_match_the_truth() {
     let pg = PgServer::start().unwrap();
