@@ -25,14 +25,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use pgprism_testkit::http::get;
 use pgprism_testkit::{ChildGuard, PgServer, RedisServer, Signal};
 
 const SCHEMA: &str = include_str!("../sql/schema.sql");
@@ -370,11 +369,7 @@ impl Sample {
 
 impl Pgprism {
     fn start(dsn: &str, redis: &str, config: &Path, dir: &Path) -> Pgprism {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = pgprism_testkit::free_port().unwrap();
         let log: PathBuf = dir.join("pgprism.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgprism"));
         // pgprism refuses `PGPRISM_…` variables that match no key: not the bench's own.
@@ -530,20 +525,4 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
-}
-
-/// GET `path` on 127.0.0.1:`port`: (status, body), or `None` if nothing listens.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
 }

@@ -6,13 +6,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::pgprism;
+use pgprism_testkit::http::get;
 use pgprism_testkit::{ChildGuard, PgServer, RedisServer, Signal};
 
 const SCHEMA: &str = include_str!("../../../sql/schema.sql");
@@ -31,30 +30,6 @@ const METRICS: [&str; 9] = [
     "pgprism_is_leader",
     "pgprism_epoch",
 ];
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// GET `path` on 127.0.0.1:`port`: (status, body), or `None` if nothing listens.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
-}
 
 fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     eventually_or(what, limit, &mut f, String::new)
@@ -88,7 +63,7 @@ struct Replica {
 }
 
 fn start_replica(name: &str, config: &Path, dsn: &str, redis: &str, dir: &Path) -> Replica {
-    let port = free_port();
+    let port = pgprism_testkit::free_port().unwrap();
     let log = dir.join(format!("{name}.log"));
     let child = pgprism()
         .args(["run", "-c"])
@@ -164,8 +139,18 @@ fn a_slow_recompute_is_logged_once_with_its_likely_cause() {
         || a.ready().filter(|b| b.contains("leader")),
         || a.log(),
     );
+    let confirmed = || {
+        rows(
+            &pg,
+            &db,
+            "SELECT count(*) FROM order_read_model WHERE status = 'confirmed'",
+        )
+        .first()
+        .cloned()
+        .unwrap_or_default()
+    };
     // Two batches of 50 orders each.
-    for _ in 0..2 {
+    for want in ["50", "100"] {
         pg.psql(
             &db,
             "UPDATE orders SET status = 'confirmed'
@@ -175,30 +160,10 @@ fn a_slow_recompute_is_logged_once_with_its_likely_cause() {
         eventually_or(
             "the batch is applied",
             Duration::from_secs(30),
-            || {
-                let n = rows(
-                    &pg,
-                    &db,
-                    "SELECT count(*) FROM order_read_model WHERE status = 'confirmed'",
-                );
-                (n.first().map(String::as_str) != Some("0")).then_some(())
-            },
+            || (confirmed() == want).then_some(()),
             || a.log(),
         );
     }
-    eventually_or(
-        "both batches applied",
-        Duration::from_secs(30),
-        || {
-            let n = rows(
-                &pg,
-                &db,
-                "SELECT count(*) FROM order_read_model WHERE status = 'confirmed'",
-            );
-            (n.first().map(String::as_str) == Some("100")).then_some(())
-        },
-        || a.log(),
-    );
     let log = a.log();
     assert_eq!(
         log.matches("the projection query is slow").count(),

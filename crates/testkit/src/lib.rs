@@ -15,6 +15,7 @@
 //! either.
 
 mod error;
+pub mod http;
 mod postgres;
 mod process;
 mod redis;
@@ -26,3 +27,4 @@ pub use error::TestkitError;
 pub use postgres::{PgBuilder, PgServer, StopMode, bin_dir};
 pub use process::{ChildGuard, Signal, pause, resume, signal};
 pub use redis::{RedisBuilder, RedisServer};
+pub use server_log::free_port;

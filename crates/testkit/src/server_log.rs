@@ -12,7 +12,7 @@ use crate::TestkitError;
 const START_ATTEMPTS: usize = 5;
 
 /// A port free right now on 127.0.0.1 (another process may still take it before we bind).
-pub(crate) fn free_port() -> Result<u16, TestkitError> {
+pub fn free_port() -> Result<u16, TestkitError> {
     TcpListener::bind(("127.0.0.1", 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -2,13 +2,12 @@
 //! `PGPRISM_*` overrides, each logging to its own file; their `/readyz` and `/metrics`.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use pgprism_testkit::{ChildGuard, Signal};
+use pgprism_testkit::http::get;
+use pgprism_testkit::{ChildGuard, Signal, free_port};
 
 /// What every replica is started with.
 #[derive(Debug, Clone)]
@@ -58,7 +57,7 @@ impl Replica {
     pub fn start(name: &'static str, launch: &Launch) -> std::io::Result<Replica> {
         let mut r = Replica {
             name,
-            port: free_port()?,
+            port: free_port().map_err(std::io::Error::other)?,
             log: launch.dir.join(format!("{name}.log")),
             starts: 0,
             child: None,
@@ -206,27 +205,4 @@ impl Metrics {
     pub fn max(&self, name: &str) -> Option<f64> {
         self.values(name).reduce(f64::max)
     }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// GET `path` on 127.0.0.1:`port`: (status, body), or `None` if nothing answers.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
 }
