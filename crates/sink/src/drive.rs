@@ -142,13 +142,11 @@ pub async fn drive(
     let mut last_flush = Instant::now();
     let consume = async {
         loop {
-            // The projector is free: route what arrived while it was flushing.
+            // The projector is free: route what arrived while it was flushing — at most a
+            // batch (the inbox's bound), so it is flushed as one.
             while let Some(chunk) = inbox.pop() {
                 clock.set_queued(inbox.oldest_commit());
-                if let Some(report) = projector.push(&chunk).await? {
-                    last_flush = Instant::now();
-                    on_flush(&report);
-                }
+                projector.route(&chunk).await?;
             }
             clock.set_queued(None);
             acker.ack(slot_ack(projector.ack_lsn(), opts.replay_window));

@@ -558,6 +558,18 @@ impl Projector {
 
     /// Fold a chunk of a transaction in; flush when the batch is full.
     pub async fn push(&mut self, chunk: &TxnChunk) -> Result<Option<FlushReport>, SinkError> {
+        self.route(chunk).await?;
+        if self.pending() >= self.size.size() {
+            // The next changes are routed while this batch is written.
+            return self.flush_group(true).await.map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Fold a chunk of a transaction in without flushing for size (a caller that bounds
+    /// what it routes between flushes itself, like `drive`'s inbox). A lane whose source
+    /// table changed shape still flushes what it holds first.
+    pub async fn route(&mut self, chunk: &TxnChunk) -> Result<(), SinkError> {
         let commit_lsn = chunk.txn.commit_lsn;
         // Counted per relation and named once per chunk, not once per change.
         let mut counts: Vec<(Option<&Arc<Relation>>, &'static str, u64)> = Vec::new();
@@ -606,11 +618,7 @@ impl Projector {
                 Offset::inside_transaction(commit_lsn, chunk.first_seq + chunk.changes.len() as u64)
             }
         };
-        if self.pending() >= self.size.size() {
-            // The next changes are routed while this batch is written.
-            return self.flush_group(true).await.map(Some);
-        }
-        Ok(None)
+        Ok(())
     }
 
     /// The most changes waiting in one lane.
