@@ -400,9 +400,6 @@ fn apply_env(
         leader.insert("replica_id".into(), Value::String(String::new()));
         leader.insert("lock_key".into(), Value::Integer(0));
     }
-    if let Some(Value::Table(batch)) = reference.get_mut("batch") {
-        batch.insert("max_age".into(), Value::String(String::new()));
-    }
     let mut vars: Vec<(String, String)> = env
         .into_iter()
         .filter(|(k, _)| k.starts_with("PGPRISM_") && !NOT_CONFIG.contains(&k.as_str()))

@@ -50,11 +50,6 @@ enum Outcome {
 /// Run until SIGTERM/SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let cfg = Config::load(&args.config, std::env::vars())?;
-    if cfg.batch.max_age.is_some() {
-        tracing::warn!(
-            "batch.max_age is no longer used: batches follow the load (a change waits only for the flush before its own); remove it"
-        );
-    }
     let health = Arc::new(http::Health::default());
     let recorder = http::install_metrics()?;
     if !cfg.http.bind.is_empty() {

@@ -408,8 +408,8 @@ fn config_errors_name_the_key_path() {
             "config: http.port: unknown field `port`",
         ),
         (
-            EXAMPLE.replace("target_lag = \"1s\"", "target_lag = \"a while\""),
-            "config: batch.target_lag:",
+            EXAMPLE.replace("max_age = \"200ms\"", "max_age = \"a while\""),
+            "config: batch.max_age:",
         ),
         (
             EXAMPLE.replace(

@@ -5,13 +5,19 @@
 //! inbox is routed and flushed at once. So batches follow the load: at a low rate each
 //! transaction is flushed as it arrives (no fixed wait), and when transactions arrive
 //! faster than one flush takes, the next batch holds everything that arrived during the
-//! previous flush — the batch grows until flushing keeps up. A backlog fills the inbox to
-//! the adaptive batch size (which grows while the lag is above `target_lag`).
+//! previous flush — the batch grows until flushing keeps up.
 //!
-//! Nothing here waits on stream idleness or keepalives: a server keepalive arrives after
-//! nearly every transaction under a steady load (the walsender sends one whenever it
-//! waits for WAL while the client has not confirmed everything), and flushing on it would
-//! mean one flush per transaction however far behind the projection is.
+//! **Catching up** (the oldest change not yet durable committed more than `target_lag`
+//! ago: a backlog, or a load the flushes fell behind): batches fill up to the adaptive
+//! size, which doubles while it lasts, and are flushed when full, when the stream has
+//! reached the server's head (a keepalive came after the last transaction: the walsender
+//! sends one when it waits for WAL), or when the batch has waited `max_age`. Flushing
+//! whatever the stream delivered meanwhile would spend on small flushes the CPU the
+//! backlog's decoding needs.
+//!
+//! Keepalives are never a reason to flush by themselves: one arrives after nearly every
+//! transaction under a steady load, and a flush on each would mean one flush per
+//! transaction however far behind the projection is. Nor is stream idleness.
 //!
 //! Memory stays bounded: the inbox takes at most a batch's worth of changes and
 //! [`INBOX_BYTES`] of change data, then the stream waits (its reader's queue and the
@@ -71,6 +77,10 @@ struct Inbox {
     wal_end: Lsn,
     /// A transaction at or past `until` arrived: take nothing more.
     past_until: bool,
+    /// The last event was a keepalive between transactions: the server had nothing more
+    /// to send (the walsender sends one when it waits for WAL), so everything committed
+    /// so far has arrived.
+    at_head: bool,
 }
 
 impl Inbox {
@@ -88,12 +98,16 @@ impl Inbox {
                     self.past_until = true;
                     return;
                 }
+                self.at_head = false;
                 // An empty chunk (a transaction with nothing decoded) still counts once.
                 self.changes += chunk.changes.len().max(1);
                 self.bytes += chunk.bytes;
                 self.chunks.push_back(chunk);
             }
-            StreamEvent::Keepalive { wal_end } => self.wal_end = self.wal_end.max(wal_end),
+            StreamEvent::Keepalive { wal_end } => {
+                self.wal_end = self.wal_end.max(wal_end);
+                self.at_head = true;
+            }
             StreamEvent::Idle | StreamEvent::Message(_) => {}
         }
     }
@@ -156,10 +170,23 @@ pub async fn drive(
             if *stop.borrow() || until_done || inbox.past_until {
                 return Ok(());
             }
-            let flush = if projector.pending() > 0 {
-                // Group commit: what waits is flushed now; Postgres mirror batches apply
+            let waiting = projector.pending();
+            let flush = if waiting > 0
+                && (!projector.catching_up()
+                    || waiting >= projector.batch_size()
+                    || inbox.at_head
+                    || projector
+                        .flush_deadline()
+                        .is_some_and(|d| Instant::from_std(d) <= Instant::now()))
+            {
+                // Group commit: what waits is flushed now — near real time at once, while
+                // catching up once the batch is full, the stream has reached the server's
+                // head, or the batch has waited `max_age`. Postgres mirror batches apply
                 // in the background while the next ones are routed.
                 Some(true)
+            } else if waiting > 0 {
+                // Catching up: the batch fills.
+                None
             } else if projector.has_unflushed() && rx.is_empty() {
                 // Only background flushes are left and the stream is quiet: wait for them,
                 // so the offsets and the slot's acknowledgement move.
@@ -170,13 +197,19 @@ pub async fn drive(
                 None
             };
             let Some(behind) = flush else {
-                // Nothing to write: wait for the stream.
+                // Nothing to write yet: wait for the stream (or, catching up, for the
+                // batch's deadline).
+                let due = match projector.flush_deadline() {
+                    Some(d) if waiting > 0 => Instant::from_std(d),
+                    _ => last_flush + IDLE_TICK,
+                };
                 let ev = tokio::select! {
-                    // Stop first: a stop request must not wait behind a busy stream.
+                    // Stop first: a stop request must not wait behind a busy stream. The
+                    // stream before the deadline: a due batch is seen at the loop's top.
                     biased;
                     _ = stop.changed() => continue,
-                    () = tokio::time::sleep_until(last_flush + IDLE_TICK) => continue,
                     ev = rx.recv() => ev.ok_or_else(closed)??,
+                    () = tokio::time::sleep_until(due) => continue,
                 };
                 inbox.accept(ev, opts.until);
                 continue;

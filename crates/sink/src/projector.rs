@@ -123,6 +123,8 @@ pub struct Projector {
     clock: Arc<LagClock>,
     lanes: Vec<Lane>,
     size: Adaptive,
+    max_age: Duration,
+    target_lag: Duration,
     /// Changes pushed since the last flush.
     changes: usize,
     /// When the first of them was pushed.
@@ -532,6 +534,8 @@ impl Projector {
         Ok(Projector {
             clock: Arc::new(LagClock::default()),
             size: Adaptive::new(&cfg.batch),
+            max_age: cfg.batch.max_age,
+            target_lag: cfg.batch.target_lag,
             changes: 0,
             oldest: None,
             oldest_commit: None,
@@ -634,6 +638,19 @@ impl Projector {
     /// background.
     pub fn has_unflushed(&self) -> bool {
         self.oldest.is_some() || self.behind.is_some()
+    }
+
+    /// While catching up, when the oldest waiting change must be flushed even though its
+    /// batch is not full (`batch.max_age` after it was routed).
+    pub fn flush_deadline(&self) -> Option<Instant> {
+        self.oldest.map(|t| t + self.max_age)
+    }
+
+    /// Whether the projection is catching up: the oldest change not yet durable committed
+    /// more than `target_lag` ago. Then batches fill up to the adaptive size (flushing
+    /// small ones as the stream delivers would spend on flushes what the backlog needs).
+    pub fn catching_up(&self) -> bool {
+        self.lag() > self.target_lag
     }
 
     /// The current adaptive batch size.

@@ -16,6 +16,8 @@ pub const DEFAULT_MAX_ROWS: usize = 20_000;
 pub const DEFAULT_MIN_ROWS: usize = 100;
 /// Default batch size to start with.
 pub const DEFAULT_START_ROWS: usize = 2_000;
+/// Default longest time a batch waits to fill while the projection catches up.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_millis(200);
 /// Default lag the adaptive batch size aims under.
 pub const DEFAULT_TARGET_LAG: Duration = Duration::from_secs(1);
 /// Default flush time above which the batch size shrinks.
@@ -335,10 +337,11 @@ pub struct BatchSpec {
     pub min_rows: usize,
     /// The size to start with.
     pub start_rows: usize,
-    /// No longer used: batches follow the load (a change waits only for the flush before
-    /// its own). Still accepted, with a warning at start, so older files keep working.
-    #[serde(default, with = "humantime_serde")]
-    pub max_age: Option<Duration>,
+    /// While the projection catches up (lag above `target_lag`), the longest a batch waits
+    /// to fill before it is flushed anyway; otherwise batches are flushed as soon as the
+    /// flush before them ends.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
     /// Lag to aim under: the batch grows while lag is above it and flushes are fast.
     #[serde(with = "humantime_serde")]
     pub target_lag: Duration,
@@ -369,7 +372,7 @@ impl Default for BatchSpec {
             max_rows: DEFAULT_MAX_ROWS,
             min_rows: DEFAULT_MIN_ROWS,
             start_rows: DEFAULT_START_ROWS,
-            max_age: None,
+            max_age: DEFAULT_MAX_AGE,
             target_lag: DEFAULT_TARGET_LAG,
             slow_flush: DEFAULT_SLOW_FLUSH,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
@@ -549,6 +552,9 @@ pub fn validate(
         if d < Duration::from_millis(1) {
             return Err(err(key, "must be at least 1ms"));
         }
+    }
+    if batch.max_age.is_zero() {
+        return Err(err("batch.max_age", "must be more than 0s"));
     }
     if !(1..=2).contains(&batch.sessions) {
         return Err(err("batch.sessions", "must be 1 or 2"));
