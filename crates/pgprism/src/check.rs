@@ -56,7 +56,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
         cfg.projections.len()
     ));
     let dsn = SourceDsn::parse(&cfg.source.dsn)?;
-    let mut source_ok = false;
+    let mut source_client = None;
     match dsn.sql_config().connect(NoTls).await {
         Err(e) => f.problem(&format!(
             "cannot connect to the source at {} as {:?}: {}; fix: check source.dsn, that the server runs, and pg_hba.conf",
@@ -68,15 +68,15 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
             tokio::spawn(conn);
             f.ok(&format!("source reachable at {} as {:?}", dsn.target(), dsn.user()));
             source(&cfg, &dsn, &client, &mut f).await?;
-            source_ok = true;
+            source_client = Some(client);
         }
     }
     // The projections are checked against the source's catalog: only when it answers.
-    if source_ok {
+    if let Some(client) = &source_client {
         for problem in pgprism_sink::projector::check(&cfg.projector(Epoch(0))?).await {
             f.problem(&problem.to_string());
         }
-        statistics(&cfg, &dsn, &mut f).await;
+        statistics(&cfg, client, &mut f).await;
     }
     if f.problems == 0 {
         println!("all checks passed");
@@ -88,11 +88,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
 
 /// Source tables of query projections that hold data but were never analyzed: the
 /// projection query's plans over them are guesses (a recompute can be ~25× slower).
-async fn statistics(cfg: &Config, dsn: &SourceDsn, f: &mut Findings) {
-    let Ok((client, conn)) = dsn.sql_config().connect(NoTls).await else {
-        return;
-    };
-    tokio::spawn(conn);
+async fn statistics(cfg: &Config, client: &Client, f: &mut Findings) {
     for p in cfg
         .projections
         .iter()
@@ -100,7 +96,7 @@ async fn statistics(cfg: &Config, dsn: &SourceDsn, f: &mut Findings) {
     {
         let tables: Vec<(String, String)> =
             p.keys.keys().filter_map(|t| parse_table_name(t)).collect();
-        match tables_without_statistics(&client, &tables).await {
+        match tables_without_statistics(client, &tables).await {
             Ok(missing) if missing.is_empty() => f.ok(&format!(
                 "projection {:?}: its source tables have planner statistics",
                 p.name
