@@ -167,7 +167,7 @@ impl QueryProjection {
     }
 
     /// The source tables the projection maps changes from, as `(schema, table)`.
-    pub fn source_tables(&self) -> Vec<(String, String)> {
+    fn source_tables(&self) -> Vec<(String, String)> {
         self.sources
             .iter()
             .map(|s| (s.schema.clone(), s.table.clone()))
