@@ -283,13 +283,15 @@ impl Assembler {
                         "non-transactional message at {lsn} inside a transaction"
                     )));
                 }
-                if lsn < self.delivered_end {
+                // `lsn` is the end of the message's record (Postgres decodes a message at
+                // its end pointer, as `pg_logical_emit_message` returns it): the next
+                // record — a transaction's commit, say — may start exactly there, so
+                // only `lsn` itself is behind us (a commit at `lsn` must still come
+                // through; this message, sent again after a reconnect, must not).
+                if lsn <= self.delivered_end {
                     return Ok(None);
                 }
-                // The message's record starts at `lsn` and is longer than one byte, so
-                // every later record starts after `lsn + 1`: resuming from there skips
-                // exactly this message.
-                self.delivered_end = Lsn(lsn.0 + 1);
+                self.delivered_end = self.delivered_end.max(lsn);
                 Ok(Some(Assembled::Message(msg)))
             }
             WireEvent::Commit {
@@ -567,6 +569,22 @@ mod tests {
         ));
         a.new_session();
         assert!(a.push(msg()).unwrap().is_none());
+    }
+
+    /// A commit record right after a message record starts at the message's LSN (its
+    /// end): that transaction is new and must come through.
+    #[test]
+    fn a_commit_right_after_a_message_comes_through() {
+        let mut a = Assembler::new(LIMITS, Lsn::ZERO);
+        let msg = WireEvent::Message {
+            transactional: false,
+            lsn: Lsn(1000),
+            prefix: "p".into(),
+            content: Bytes::from_static(b"c"),
+        };
+        assert!(a.push(msg).unwrap().is_some());
+        let chunks = feed(&mut a, txn(1000, 2));
+        assert_eq!(ids(&chunks), [(1000, 0), (1000, 1)]);
     }
 
     #[test]
