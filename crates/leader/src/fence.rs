@@ -84,8 +84,9 @@ enum Direction {
     Any,
 }
 
-/// What a stamp reads back: the offset and a replay's target position, if one is open.
-type StampedRow = (String, i64, Option<(String, i64)>);
+/// What a stamp reads back: the offset, a replay's target position if one is open, and
+/// the backfill state.
+type StampedRow = (String, i64, Option<(String, i64)>, Option<String>);
 
 /// One leader's handle on one sink's offset row.
 #[derive(Debug, Clone)]
@@ -94,6 +95,7 @@ pub struct PgFence {
     sink: String,
     epoch: Epoch,
     replay_until: Option<Offset>,
+    backfill: Option<String>,
 }
 
 fn lsn_text(lsn: Lsn) -> String {
@@ -134,12 +136,26 @@ impl PgFence {
         epoch: Epoch,
         takeover_after: Duration,
     ) -> Result<(PgFence, Offset), LeaderError> {
+        Self::stamp_new(client, pipeline, sink, epoch, takeover_after, None).await
+    }
+
+    /// [`PgFence::stamp`]; a row created now starts with `backfill` as its backfill state
+    /// (a target new to the pipeline loads the rows that exist already). The state read
+    /// back is [`PgFence::backfill`].
+    pub async fn stamp_new(
+        client: &Client,
+        pipeline: &str,
+        sink: &str,
+        epoch: Epoch,
+        takeover_after: Duration,
+        backfill: Option<&str>,
+    ) -> Result<(PgFence, Offset), LeaderError> {
         schema::ensure_sink(client).await?;
         let started = Instant::now();
         loop {
-            match Self::try_stamp(client, pipeline, sink, epoch).await {
+            match Self::try_stamp(client, pipeline, sink, epoch, backfill).await {
                 Ok(Some(row)) => {
-                    let (lsn, changes, replay): (String, i64, Option<(String, i64)>) = row;
+                    let (lsn, changes, replay, backfill) = row;
                     let offset = read_offset(sink, &lsn, changes)?;
                     let replay_until = replay
                         .map(|(l, n)| read_offset(sink, &l, n))
@@ -150,6 +166,7 @@ impl PgFence {
                         sink: sink.to_owned(),
                         epoch,
                         replay_until,
+                        backfill,
                     };
                     return Ok((fence, offset));
                 }
@@ -188,6 +205,7 @@ impl PgFence {
         pipeline: &str,
         sink: &str,
         epoch: Epoch,
+        backfill: Option<&str>,
     ) -> Result<Option<StampedRow>, tokio_postgres::Error> {
         let result = async {
             client
@@ -198,9 +216,10 @@ impl PgFence {
                 .await?;
             client
                 .execute(
-                    "INSERT INTO pgprism.offsets (pipeline, sink, epoch) VALUES ($1, $2, $3)
+                    "INSERT INTO pgprism.offsets (pipeline, sink, epoch, backfill)
+                     VALUES ($1, $2, $3, $4)
                      ON CONFLICT (pipeline, sink) DO NOTHING",
-                    &[&pipeline, &sink, &epoch.0],
+                    &[&pipeline, &sink, &epoch.0, &backfill],
                 )
                 .await?;
             // A separate statement: under READ COMMITTED it sees a newer epoch committed
@@ -209,7 +228,8 @@ impl PgFence {
                 .query_opt(
                     "UPDATE pgprism.offsets SET epoch = $3, updated_at = clock_timestamp()
                       WHERE pipeline = $1 AND sink = $2 AND epoch <= $3
-                     RETURNING resume_lsn::text, changes_done, replay_lsn::text, replay_changes",
+                     RETURNING resume_lsn::text, changes_done, replay_lsn::text, replay_changes,
+                               backfill",
                     &[&pipeline, &sink, &epoch.0],
                 )
                 .await?;
@@ -219,7 +239,7 @@ impl PgFence {
                     (Some(l), Some(n)) => Some((l, n)),
                     _ => None,
                 };
-                (r.get(0), r.get(1), replay)
+                (r.get(0), r.get(1), replay, r.get(4))
             }))
         }
         .await;
@@ -238,6 +258,32 @@ impl PgFence {
     /// offset reaches it, the sink applies the replay in one transaction.
     pub fn replay_until(&self) -> Option<Offset> {
         self.replay_until
+    }
+
+    /// The backfill state read at the stamp (`None`: no backfill).
+    pub fn backfill(&self) -> Option<&str> {
+        self.backfill.as_deref()
+    }
+
+    /// Inside the sink's transaction (before [`PgFence::commit_offset`], which fences the
+    /// whole transaction): record the backfill state that the transaction's rows reach.
+    pub async fn set_backfill(
+        &self,
+        tx: &impl GenericClient,
+        state: Option<&str>,
+    ) -> Result<(), LeaderError> {
+        let params: [(&(dyn ToSql + Sync), Type); 3] = [
+            (&self.pipeline, Type::TEXT),
+            (&self.sink, Type::TEXT),
+            (&state, Type::TEXT),
+        ];
+        tx.query_typed(
+            "UPDATE pgprism.offsets SET backfill = $3 WHERE pipeline = $1 AND sink = $2",
+            &params,
+        )
+        .await
+        .map_err(LeaderError::db("recording the backfill's position"))?;
+        Ok(())
     }
 
     /// Inside the sink's transaction: move the offset to `to` if our epoch still owns the
@@ -353,6 +399,22 @@ impl PgFence {
             .await?
             .map(|(offset, _)| offset))
     }
+}
+
+/// The backfill state of (pipeline, sink) (no fence: for status).
+pub async fn read_backfill(
+    client: &impl GenericClient,
+    pipeline: &str,
+    sink: &str,
+) -> Result<Option<String>, LeaderError> {
+    let row = client
+        .query_opt(
+            "SELECT backfill FROM pgprism.offsets WHERE pipeline = $1 AND sink = $2",
+            &[&pipeline, &sink],
+        )
+        .await
+        .map_err(LeaderError::db("reading the sink's backfill state"))?;
+    Ok(row.and_then(|r| r.get(0)))
 }
 
 /// The offset row of (pipeline, sink): its position and the epoch that owns it.

@@ -29,8 +29,10 @@ const STAMP: &str = r#"
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1])
 if redis.call('HEXISTS', KEYS[1], 'resume_lsn') == 0 then
   redis.call('HSET', KEYS[1], 'resume_lsn', '0000000000000000', 'changes_done', '0')
+  if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'backfill', ARGV[2]) end
 end
-return {'OK', redis.call('HGET', KEYS[1], 'resume_lsn'), redis.call('HGET', KEYS[1], 'changes_done')}
+return {'OK', redis.call('HGET', KEYS[1], 'resume_lsn'), redis.call('HGET', KEYS[1], 'changes_done'),
+        redis.call('HGET', KEYS[1], 'backfill') or ''}
 "#;
 
 const SET_OFFSET: &str = r#"
@@ -40,6 +42,8 @@ if ARGV[4] == 'forward' and (ARGV[2] < lsn or (ARGV[2] == lsn and tonumber(ARGV[
   return {'BACKWARDS', lsn, tostring(n)}
 end
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'resume_lsn', ARGV[2], 'changes_done', ARGV[3])
+if ARGV[5] == 'set' then redis.call('HSET', KEYS[1], 'backfill', ARGV[6]) end
+if ARGV[5] == 'clear' then redis.call('HDEL', KEYS[1], 'backfill') end
 return {'OK'}
 "#;
 
@@ -50,6 +54,7 @@ pub struct RedisFence {
     sink: String,
     key: String,
     epoch: Epoch,
+    backfill: Option<String>,
 }
 
 /// The offset hash of (pipeline, sink). Lengths keep any two name pairs apart
@@ -103,16 +108,32 @@ impl RedisFence {
         sink: &str,
         epoch: Epoch,
     ) -> Result<(RedisFence, Offset), LeaderError> {
-        let fence = RedisFence {
+        Self::stamp_new(conn, pipeline, sink, epoch, None).await
+    }
+
+    /// [`RedisFence::stamp`]; an offset hash created now starts with `backfill` as its
+    /// backfill state (read back as [`RedisFence::backfill`]).
+    pub async fn stamp_new(
+        conn: &mut impl ConnectionLike,
+        pipeline: &str,
+        sink: &str,
+        epoch: Epoch,
+        backfill: Option<&str>,
+    ) -> Result<(RedisFence, Offset), LeaderError> {
+        let mut fence = RedisFence {
             pipeline: pipeline.to_owned(),
             sink: sink.to_owned(),
             key: offset_key(pipeline, sink),
             epoch,
+            backfill: None,
         };
-        let reply = fence.run(conn, STAMP, &[]).await?;
-        let [_, lsn, n] = reply.as_slice() else {
+        let reply = fence
+            .run(conn, STAMP, &[backfill.unwrap_or_default()])
+            .await?;
+        let [_, lsn, n, backfill] = reply.as_slice() else {
             return Err(fence.corrupt(format!("unexpected stamp reply {reply:?}")));
         };
+        fence.backfill = (!backfill.is_empty()).then(|| backfill.clone());
         let offset = Offset {
             resume_lsn: parse_hex(sink, lsn)?,
             changes_done: n
@@ -125,6 +146,30 @@ impl RedisFence {
     /// The epoch this fence writes with.
     pub fn epoch(&self) -> Epoch {
         self.epoch
+    }
+
+    /// The backfill state read at the stamp (`None`: no backfill).
+    pub fn backfill(&self) -> Option<&str> {
+        self.backfill.as_deref()
+    }
+
+    /// Move the offset forward to `to` and record the backfill state (`None`: clear it)
+    /// in the same script.
+    pub async fn commit_offset_backfill(
+        &self,
+        conn: &mut impl ConnectionLike,
+        to: Offset,
+        backfill: Option<&str>,
+    ) -> Result<(), LeaderError> {
+        let (lsn, n) = (lsn_hex(to.resume_lsn), to.changes_done.to_string());
+        let (op, state) = match backfill {
+            Some(s) => ("set", s),
+            None => ("clear", ""),
+        };
+        let reply = self
+            .run(conn, SET_OFFSET, &[&lsn, &n, "forward", op, state])
+            .await?;
+        self.backwards(reply, to)
     }
 
     /// The offset hash's key: `KEYS[1]` of every fenced script.
@@ -157,7 +202,14 @@ impl RedisFence {
         direction: &str,
     ) -> Result<(), LeaderError> {
         let (lsn, n) = (lsn_hex(to.resume_lsn), to.changes_done.to_string());
-        let reply = self.run(conn, SET_OFFSET, &[&lsn, &n, direction]).await?;
+        let reply = self
+            .run(conn, SET_OFFSET, &[&lsn, &n, direction, "keep", ""])
+            .await?;
+        self.backwards(reply, to)
+    }
+
+    /// The error for a `BACKWARDS` reply of [`SET_OFFSET`].
+    fn backwards(&self, reply: Vec<String>, to: Offset) -> Result<(), LeaderError> {
         if let [status, lsn, n] = reply.as_slice()
             && status == "BACKWARDS"
         {
@@ -216,6 +268,20 @@ impl RedisFence {
             return Err(self.fenced(Epoch(current)));
         }
         Ok(())
+    }
+
+    /// The sink's backfill state (no fence: for status).
+    pub async fn read_backfill(
+        conn: &mut impl ConnectionLike,
+        pipeline: &str,
+        sink: &str,
+    ) -> Result<Option<String>, LeaderError> {
+        redis::cmd("HGET")
+            .arg(offset_key(pipeline, sink))
+            .arg("backfill")
+            .query_async(conn)
+            .await
+            .map_err(redis_err("reading the Redis sink's backfill state"))
     }
 
     /// The sink's durable offset (no fence: for status and for resuming).

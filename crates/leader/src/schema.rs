@@ -44,7 +44,10 @@ CREATE TABLE IF NOT EXISTS pgprism.offsets (
 -- Set by a replay's rewind: the position before it. Until the offset reaches it again the
 -- sink applies the replay in one transaction, so readers never see older rows.
 ALTER TABLE pgprism.offsets ADD COLUMN IF NOT EXISTS replay_lsn pg_lsn;
-ALTER TABLE pgprism.offsets ADD COLUMN IF NOT EXISTS replay_changes bigint;";
+ALTER TABLE pgprism.offsets ADD COLUMN IF NOT EXISTS replay_changes bigint;
+-- The target's backfill of existing rows (pgprism-sink's state, opaque here): where its
+-- scan of the source stands, committed with the rows it covers. NULL: none.
+ALTER TABLE pgprism.offsets ADD COLUMN IF NOT EXISTS backfill text;";
 
 /// Run `ddl` unless `present` (a boolean query) says it already ran. DDL takes strong
 /// locks even when it changes nothing (`ADD COLUMN IF NOT EXISTS` takes an ACCESS
@@ -88,7 +91,7 @@ pub(crate) async fn ensure_sink(client: &Client) -> Result<(), LeaderError> {
         client,
         "SELECT EXISTS (SELECT 1 FROM pg_attribute
                          WHERE attrelid = to_regclass('pgprism.offsets')
-                           AND attname = 'replay_changes' AND NOT attisdropped)",
+                           AND attname = 'backfill' AND NOT attisdropped)",
         SINK_DDL,
     )
     .await

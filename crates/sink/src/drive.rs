@@ -75,6 +75,9 @@ struct Inbox {
     bytes: usize,
     /// The newest keepalive position seen between transactions.
     wal_end: Lsn,
+    /// The newest non-transactional logical message: every transaction committed before
+    /// it arrived before it.
+    delivered: Lsn,
     /// A transaction at or past `until` arrived: take nothing more.
     past_until: bool,
     /// The last event was a keepalive between transactions: the server had nothing more
@@ -108,7 +111,8 @@ impl Inbox {
                 self.wal_end = self.wal_end.max(wal_end);
                 self.at_head = true;
             }
-            StreamEvent::Idle | StreamEvent::Message(_) => {}
+            StreamEvent::Message(m) => self.delivered = self.delivered.max(m.lsn),
+            StreamEvent::Idle => {}
         }
     }
 
@@ -163,22 +167,40 @@ pub async fn drive(
                 projector.route(&chunk).await?;
             }
             clock.set_queued(None);
+            projector.note_delivered(inbox.delivered);
             acker.ack(slot_ack(projector.ack_lsn(), opts.replay_window));
-            let until_done = opts.until.is_some_and(|u| {
-                projector.ack_lsn() >= u || (inbox.wal_end >= u && !projector.has_unflushed())
-            });
+            // With `until`, existing rows count as committed before it: a backfill finishes.
+            let until_done = !projector.backfilling()
+                && opts.until.is_some_and(|u| {
+                    projector.ack_lsn() >= u || (inbox.wal_end >= u && !projector.has_unflushed())
+                });
+            if inbox.past_until && projector.backfilling() && !*stop.borrow() {
+                // Nothing more is taken from the stream: finish loading existing rows
+                // with explicit flushes, at the backfill's pace.
+                if let Some(due) = projector.backfill_due() {
+                    tokio::time::sleep_until(Instant::from_std(due)).await;
+                }
+                let report = projector.flush().await?;
+                on_flush(&report);
+                continue;
+            }
             if *stop.borrow() || until_done || inbox.past_until {
                 return Ok(());
             }
             let waiting = projector.pending();
-            let flush = if waiting > 0
+            // A backfill chunk due goes now, whatever waits (a batch filling while catching
+            // up would otherwise hold the backfill to one chunk per `max_age`).
+            let chunk_due = projector
+                .backfill_due()
+                .is_some_and(|d| Instant::from_std(d) <= Instant::now());
+            let batch_due = waiting > 0
                 && (!projector.catching_up()
                     || waiting >= projector.batch_size()
                     || inbox.at_head
                     || projector
                         .flush_deadline()
-                        .is_some_and(|d| Instant::from_std(d) <= Instant::now()))
-            {
+                        .is_some_and(|d| Instant::from_std(d) <= Instant::now()));
+            let flush = if batch_due || chunk_due {
                 // Group commit: what waits is flushed now — near real time at once, while
                 // catching up once the batch is full, the stream has reached the server's
                 // head, or the batch has waited `max_age`. Postgres mirror batches apply
@@ -202,6 +224,10 @@ pub async fn drive(
                 let due = match projector.flush_deadline() {
                     Some(d) if waiting > 0 => Instant::from_std(d),
                     _ => last_flush + IDLE_TICK,
+                };
+                let due = match projector.backfill_due() {
+                    Some(b) => due.min(Instant::from_std(b)),
+                    None => due,
                 };
                 let ev = tokio::select! {
                     // Stop first: a stop request must not wait behind a busy stream. The
@@ -237,7 +263,7 @@ pub async fn drive(
         r = consume => r,
         () = &mut reader => unreachable!("the reader never ends by itself"),
     };
-    if result.is_ok() && projector.has_unflushed() {
+    if result.is_ok() && (projector.has_unflushed() || projector.holds_changes()) {
         let report = projector.flush().await?;
         on_flush(&report);
         acker.ack(slot_ack(projector.ack_lsn(), opts.replay_window));

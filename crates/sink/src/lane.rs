@@ -21,6 +21,7 @@ use pgprism_leader::{Offset, PgFence};
 use tokio::sync::oneshot;
 use tokio_postgres::{Client, Config, GenericClient, NoTls};
 
+use crate::backfill::{Backfill, Chunk, chunk_position};
 use crate::batch::{Batch, Entry, Key, Position, Shape, key_from_json, key_json, op_from_json};
 use crate::dead_letter::{DeadLetters, Letter, Status, Stored};
 use crate::error::{Class, SinkError};
@@ -128,6 +129,11 @@ pub struct Lane {
     /// The pending keys, already recomputed for another target of the same projection
     /// (see [`Lane::share_recompute`]); taken by the next attempt to write them.
     recomputed: Option<Arc<Batch>>,
+    /// The backfill chunk `recomputed` includes (read once for every target).
+    shared_chunk: Option<Chunk>,
+    /// The next flush writes even inside a backfill window (an explicit flush: a stop,
+    /// or a caller that needs everything durable now).
+    pub(crate) force: bool,
     /// Keys in the last batch written: room reserved in the next one.
     last_keys: usize,
     /// The shape of the rows (known from the source catalog at start, kept current).
@@ -156,6 +162,24 @@ pub struct Lane {
     pub(crate) detached: Option<i64>,
     /// When it was last probed while set aside.
     probed: Instant,
+    /// Loading the rows that existed before the target joined (see `backfill`).
+    pub(crate) backfill: Option<Backfill>,
+    /// Mirrors during a backfill: the transactions of the pending batch, which a chunk's
+    /// snapshot must see.
+    backfill_xids: std::collections::BTreeSet<u32>,
+    /// Every transaction committed before this LSN has been routed (a logical message at
+    /// it came through the stream).
+    pub(crate) delivered: Lsn,
+    /// Its pending batch waits for the stream to pass a backfill window (not counted as
+    /// waiting until more changes come or the window closes).
+    pub(crate) held: bool,
+    /// The chunk written by the last successful attempt, to account once it is durable.
+    chunk: Option<Chunk>,
+    /// When the last attempt began, and how long reading and recomputing took (for the
+    /// chunk's debug line).
+    chunk_timing: (Instant, Duration),
+    /// A rebuild's shadow lane: the live table it replaces once loaded (see `rebuild`).
+    pub(crate) swap: Option<crate::rebuild::Swap>,
 }
 
 /// A Postgres flush started by [`Lane::flush_behind`]: its transaction is open, the rows
@@ -262,6 +286,7 @@ impl Lane {
         shape: Option<Arc<Shape>>,
         stored: Offset,
         detach_after: Duration,
+        backfill: Option<Backfill>,
     ) -> Lane {
         let replay_until = match &writer {
             Writer::Postgres(w) => w.fence.replay_until(),
@@ -279,6 +304,8 @@ impl Lane {
             pending: None,
             pending_changes: 0,
             recomputed: None,
+            shared_chunk: None,
+            force: false,
             last_keys: 0,
             inflight: VecDeque::new(),
             next_session: 0,
@@ -292,6 +319,83 @@ impl Lane {
             stored,
             last_commit: Instant::now(),
             backoff: Backoff::default(),
+            backfill,
+            backfill_xids: Default::default(),
+            delivered: Lsn(0),
+            held: false,
+            chunk: None,
+            chunk_timing: (Instant::now(), Duration::ZERO),
+            swap: None,
+        }
+    }
+
+    /// A shadow lane whose backfill is done, and where it is durable: ready to swap once
+    /// the live lane is durable at the same offset.
+    pub(crate) fn swap_ready(&self) -> bool {
+        self.swap.is_some()
+            && self.detached.is_none()
+            && self.pending.is_none()
+            && self.inflight.is_empty()
+            && self
+                .backfill
+                .as_ref()
+                .is_none_or(|b| !b.state.running() && b.window.is_none())
+    }
+
+    /// Swap a loaded shadow in for the live table (see [`crate::rebuild`]).
+    pub(crate) async fn swap_in(&mut self, pipeline: &str) -> Result<(), SinkError> {
+        let (Some(swap), Writer::Postgres(w)) = (&self.swap, &mut self.writer) else {
+            return Ok(());
+        };
+        if w.in_tx {
+            roll_back(&w.client, &w.table, &mut w.in_tx).await;
+        }
+        let done = self
+            .backfill
+            .as_ref()
+            .map(|b| b.state.clone())
+            .unwrap_or_else(crate::backfill::BackfillState::start);
+        swap.run(
+            &w.client,
+            &w.table,
+            &w.fence,
+            self.stored,
+            pipeline,
+            &self.name,
+            done,
+        )
+        .await
+    }
+
+    /// Whether a backfill chunk goes with this lane's next flush.
+    pub(crate) fn chunk_due(&self) -> bool {
+        self.replay_until.is_none()
+            && self.detached.is_none()
+            && self
+                .backfill
+                .as_ref()
+                .is_some_and(|b| b.due(Instant::now(), self.pending.is_some()))
+    }
+
+    /// Whether the lane still loads existing rows, or waits for a backfill window.
+    fn backfilling(&self) -> bool {
+        self.backfill
+            .as_ref()
+            .is_some_and(|b| b.state.running() || b.window.is_some())
+    }
+
+    /// The stream routed every transaction committed before `lsn`.
+    pub(crate) fn note_delivered(&mut self, lsn: Lsn) {
+        if lsn > self.delivered {
+            self.delivered = lsn;
+            if let Some(b) = &mut self.backfill {
+                // Every transaction of the window is routed: the next flush holds them
+                // all, whatever it ends at; the next chunk may go.
+                b.close_window(self.covered, lsn);
+                if !b.holds(self.covered, lsn) {
+                    self.held = false;
+                }
+            }
         }
     }
 
@@ -359,6 +463,10 @@ impl Lane {
         pos: Position,
         xid: u32,
     ) -> Result<(), SinkError> {
+        self.held = false;
+        if matches!(self.logic, Logic::Mirror(_)) && self.backfilling() {
+            self.backfill_xids.insert(xid);
+        }
         match &mut self.logic {
             Logic::Mirror(m) => {
                 let shape = match &self.shape {
@@ -448,6 +556,7 @@ impl Lane {
             (Some(Pending::Rows(b)), Writer::Postgres(w)) => {
                 self.replay_until.is_none()
                     && w.replay_flushes == 0
+                    && !self.backfilling()
                     // A truncate waits for the table lock the flush before holds.
                     && (b.truncate.is_none() || self.inflight.is_empty())
             }
@@ -680,7 +789,22 @@ impl Lane {
     /// [`Lane::flush`] on the main session, with no background flush running.
     async fn flush_now(&mut self, to: Offset, ack: Lsn) -> Result<LaneFlush, SinkError> {
         let to = to.max(self.covered);
-        let idle = self.pending.is_none();
+        if let Some(b) = &mut self.backfill {
+            if self.force {
+                // An explicit flush writes through the window.
+                b.window = None;
+            }
+            b.close_window(to, self.delivered);
+            if self.pending.is_some() && b.holds(to, self.delivered) {
+                // Committing now would split a backfill window (see `backfill`): the batch
+                // waits for the stream to pass it.
+                self.held = true;
+                return Ok(LaneFlush::default());
+            }
+        }
+        self.held = false;
+        let chunk_due = self.chunk_due();
+        let idle = self.pending.is_none() && !chunk_due;
         let replay_ends = self.replay_until.is_some_and(|hwm| to >= hwm);
         if idle && !replay_ends && self.last_commit.elapsed() < IDLE_OFFSET_EVERY {
             // Nothing of ours in between: no write needed for correctness.
@@ -696,7 +820,7 @@ impl Lane {
         let mut attempt = 0u32;
         let failing_since = Instant::now();
         loop {
-            match self.try_flush(to).await {
+            match self.try_flush(to, chunk_due).await {
                 Ok((written, dead, durable)) => {
                     report.written = written;
                     report.dead_letters = dead;
@@ -711,6 +835,8 @@ impl Lane {
                         self.ackable = self.ackable.max(ack);
                         self.last_commit = Instant::now();
                         self.replay_until = None;
+                        self.backfill_xids.clear();
+                        self.backfill_committed().await;
                     }
                     return Ok(report);
                 }
@@ -799,7 +925,14 @@ impl Lane {
 
     /// The batch to write: the pending rows, or the pending keys recomputed now (with
     /// the keys the projection query failed for, for the dead letters).
-    async fn materialize(&mut self) -> Result<Option<(Arc<Batch>, Vec<Failure>)>, SinkError> {
+    async fn materialize(
+        &mut self,
+        chunk: Option<&Chunk>,
+        to: Offset,
+    ) -> Result<Option<(Arc<Batch>, Vec<Failure>)>, SinkError> {
+        if let Some(chunk) = chunk {
+            return self.materialize_chunk(chunk, to).await;
+        }
         let keys = match &self.pending {
             None => return Ok(None),
             Some(Pending::Rows(b)) => return Ok(Some((b.clone(), Vec::new()))),
@@ -810,6 +943,14 @@ impl Lane {
             }
             Some(Pending::Keys(k)) => k.clone(),
         };
+        self.recompute(keys).await
+    }
+
+    /// Recompute `keys` on the source (every key of the target too after a truncate).
+    async fn recompute(
+        &mut self,
+        keys: KeySet,
+    ) -> Result<Option<(Arc<Batch>, Vec<Failure>)>, SinkError> {
         let existing = if keys.everything {
             self.existing_keys().await?
         } else {
@@ -824,6 +965,109 @@ impl Lane {
         Ok(Some((Arc::new(batch), failed)))
     }
 
+    /// The batch to write with a backfill chunk: a mirror's rows merged after the pending
+    /// changes (they are at least as new), a query projection's scanned keys recomputed
+    /// with the pending ones.
+    async fn materialize_chunk(
+        &mut self,
+        chunk: &Chunk,
+        to: Offset,
+    ) -> Result<Option<(Arc<Batch>, Vec<Failure>)>, SinkError> {
+        let pos = chunk_position(to);
+        match &mut self.logic {
+            Logic::Mirror(m) => {
+                let Some((_, relation)) = m.backfill_scan() else {
+                    return Err(SinkError::config(&self.name, "no row shape known"));
+                };
+                let shape = m.shape(&relation)?;
+                let mut batch = match &self.pending {
+                    Some(Pending::Rows(b)) => (**b).clone(),
+                    _ => Batch::with_capacity(shape, chunk.rows.len()),
+                };
+                for row in &chunk.rows {
+                    let new = row
+                        .iter()
+                        .map(|v| match v {
+                            Some(b) => pgprism_decoder::pgoutput::TupleValue::Text(b.clone()),
+                            None => pgprism_decoder::pgoutput::TupleValue::Null,
+                        })
+                        .collect();
+                    let insert = ChangeKind::Insert {
+                        relation: relation.clone(),
+                        new,
+                    };
+                    m.route(&insert, pos, &mut batch)?;
+                }
+                self.shape = Some(batch.shape.clone());
+                Ok(Some((Arc::new(batch), Vec::new())))
+            }
+            Logic::Query(_) => {
+                // A recompute shared before the chunk was due lacks its keys.
+                self.recomputed = None;
+                let mut keys = match &self.pending {
+                    Some(Pending::Keys(k)) => k.clone(),
+                    _ => KeySet::default(),
+                };
+                if let Logic::Query(q) = &self.logic {
+                    q.add_scanned(chunk.source_index, &chunk.rows, pos, &mut keys);
+                }
+                self.recompute(keys).await
+            }
+        }
+    }
+
+    /// Read the next backfill chunk: a mirror's rows in a snapshot that sees every
+    /// transaction of the pending batch (with the WAL position of that snapshot), a
+    /// query projection's keys.
+    async fn read_chunk(&mut self) -> Result<Chunk, SinkError> {
+        self.source().await?;
+        let (Some(backfill), Some(source)) = (&self.backfill, &self.source) else {
+            return Err(SinkError::config(&self.name, "no backfill to read"));
+        };
+        match &self.logic {
+            Logic::Mirror(m) => {
+                let scan = m.backfill_scan().map(|(s, _)| s);
+                crate::query::begin_visible_snapshot(source, &self.name, &self.backfill_xids)
+                    .await?;
+                let read = backfill.read(source, &self.name, scan.as_ref(), true).await;
+                let end = if read.is_ok() { "COMMIT" } else { "ROLLBACK" };
+                let ended = source
+                    .batch_execute(end)
+                    .await
+                    .map_err(SinkError::pg(&self.name, "ending the source snapshot"));
+                let chunk = read?;
+                ended?;
+                Ok(chunk)
+            }
+            Logic::Query(_) => {
+                backfill
+                    .read(source, &self.name, backfill.current_scan(), false)
+                    .await
+            }
+        }
+    }
+
+    /// The chunk of the last flush is durable: account for it, and (mirrors) put a
+    /// logical message into the WAL after its window, so the stream shows when it passed
+    /// the window even if nothing else commits.
+    async fn backfill_committed(&mut self) {
+        let (Some(chunk), Some(backfill)) = (self.chunk.take(), self.backfill.as_mut()) else {
+            return;
+        };
+        let (began, read) = self.chunk_timing;
+        tracing::debug!(target_name = %self.name, rows = chunk.rows.len(), read_and_recompute = ?read,
+            write = ?began.elapsed().saturating_sub(read), "backfill chunk committed");
+        backfill.committed(&self.name, &chunk);
+        if chunk.window.is_some()
+            && let Some(source) = &self.source
+            && let Err(e) = source
+                .batch_execute("SELECT pg_logical_emit_message(false, 'pgprism.backfill', '')")
+                .await
+        {
+            tracing::warn!(target_name = %self.name, error = %e, "could not mark the backfill window in the WAL; the target's next flush waits for the next commit");
+        }
+    }
+
     /// Whether this lane's next write is the same recompute as `other`'s: both are
     /// targets of one query projection that took the same changes since the same offset
     /// (so their pending keys are equal), and none of them needs every key of its own
@@ -831,11 +1075,22 @@ impl Lane {
     pub(crate) fn same_recompute(&self, other: &Lane) -> bool {
         let keys = |l: &Lane| match (&l.logic, &l.pending, l.detached) {
             (Logic::Query(_), Some(Pending::Keys(k)), None) => !k.everything,
+            (Logic::Query(_), None, None) => l.chunk_due(),
+            _ => false,
+        };
+        // The same backfill chunk too: none, or both at the same committed position.
+        let chunks = match (self.chunk_due(), other.chunk_due()) {
+            (false, false) => true,
+            (true, true) => {
+                self.backfill.as_ref().map(|b| &b.state)
+                    == other.backfill.as_ref().map(|b| &b.state)
+            }
             _ => false,
         };
         self.projection == other.projection
             && keys(self)
             && keys(other)
+            && chunks
             && self.covered == other.covered
             && self.pending_changes == other.pending_changes
     }
@@ -844,14 +1099,28 @@ impl Lane {
     /// is handed to the lanes in `others` (and kept for this one) when the query
     /// succeeded for every key; otherwise each lane recomputes on its own (and
     /// dead-letters the keys that fail, retries transient errors).
-    pub(crate) async fn share_recompute(&mut self, others: &mut [&mut Lane]) {
+    pub(crate) async fn share_recompute(&mut self, others: &mut [&mut Lane], to: Offset) {
         self.recomputed = None;
-        match self.materialize().await {
+        self.shared_chunk = None;
+        let chunk = if self.chunk_due() {
+            match self.read_chunk().await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::debug!(target_name = %self.name, error = %e, "reading a shared backfill chunk failed; each target reads its own");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        match self.materialize(chunk.as_ref(), to).await {
             Ok(Some((batch, failed))) if failed.is_empty() => {
                 for other in others {
                     other.recomputed = Some(batch.clone());
+                    other.shared_chunk = chunk.clone();
                 }
                 self.recomputed = Some(batch);
+                self.shared_chunk = chunk;
             }
             Ok(_) => {}
             Err(e) => {
@@ -863,6 +1132,7 @@ impl Lane {
     /// Forget a recompute handed over for a batch that was not written.
     pub(crate) fn forget_recompute(&mut self) {
         self.recomputed = None;
+        self.shared_chunk = None;
     }
 
     /// The keys present in the target now (a source table of a query projection was
@@ -899,11 +1169,35 @@ impl Lane {
     }
 
     /// One attempt: (rows written, dead letters, whether the offset is now durable).
-    async fn try_flush(&mut self, to: Offset) -> Result<(u64, u64, bool), SinkError> {
-        let (batch, recompute_failed) = match self.materialize().await? {
-            Some((b, f)) => (Some(b), f),
-            None => (None, Vec::new()),
+    async fn try_flush(
+        &mut self,
+        to: Offset,
+        chunk_due: bool,
+    ) -> Result<(u64, u64, bool), SinkError> {
+        self.chunk = None;
+        let began = Instant::now();
+        let shared = self.shared_chunk.take();
+        let (chunk, batch, recompute_failed) = match (chunk_due, shared, self.recomputed.take()) {
+            // Read and recomputed once for every target of the projection.
+            (true, Some(chunk), Some(batch)) => {
+                self.shape = Some(batch.shape.clone());
+                (Some(chunk), Some(batch), Vec::new())
+            }
+            (_, _, recomputed) => {
+                self.recomputed = recomputed;
+                let chunk = if chunk_due {
+                    Some(self.read_chunk().await?)
+                } else {
+                    None
+                };
+                match self.materialize(chunk.as_ref(), to).await? {
+                    Some((b, f)) => (chunk, Some(b), f),
+                    None => (chunk, None, Vec::new()),
+                }
+            }
         };
+        self.chunk_timing = (began, began.elapsed());
+        let state = chunk.as_ref().map(|c| c.next.to_json());
         let shape = batch
             .as_ref()
             .map(|b| b.shape.clone())
@@ -956,6 +1250,9 @@ impl Lane {
                         dead += recompute_failed.len() as u64;
                     }
                     if !in_replay {
+                        if let Some(state) = &state {
+                            fence.set_backfill(client, Some(state)).await?;
+                        }
                         fence.commit_offset(client, to).await?;
                         client.batch_execute("COMMIT").await.map_err(SinkError::pg(
                             &self.name,
@@ -974,6 +1271,7 @@ impl Lane {
                         *replay_flushes = 0;
                         *in_tx = false;
                         table.transaction_ended();
+                        self.chunk = chunk;
                         Ok((written, dead, true))
                     }
                     Err(e) => {
@@ -1033,7 +1331,11 @@ impl Lane {
                         .await?;
                     dead += recompute_failed.len() as u64;
                 }
-                w.commit(to).await?;
+                match &state {
+                    Some(state) => w.commit_backfill(to, state).await?,
+                    None => w.commit(to).await?,
+                }
+                self.chunk = chunk;
                 Ok((written, dead, true))
             }
         }

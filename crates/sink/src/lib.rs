@@ -15,6 +15,7 @@
 //! (the loop from a replication stream).
 
 pub mod adaptive;
+pub mod backfill;
 pub mod batch;
 pub mod dead_letter;
 pub mod drive;
@@ -24,6 +25,7 @@ pub mod mirror;
 pub mod postgres;
 pub mod projector;
 pub mod query;
+pub mod rebuild;
 pub mod redis;
 pub mod replay;
 pub mod spec;

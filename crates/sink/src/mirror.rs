@@ -58,6 +58,16 @@ impl Mirror {
         }
     }
 
+    /// A backfill scan of the source table by the mirror's key, reading every column of
+    /// the relation as last seen (in its order, as a change carries them); with that
+    /// relation.
+    pub(crate) fn backfill_scan(&self) -> Option<(crate::backfill::Scan, Arc<Relation>)> {
+        let rel = self.map.as_ref()?.relation.clone();
+        let columns: Vec<String> = rel.columns.iter().map(|c| c.name.clone()).collect();
+        let scan = crate::backfill::Scan::new(&self.schema, &self.table, &self.key, &columns, 0);
+        Some((scan, rel))
+    }
+
     /// Whether changes of `rel` feed this projection.
     pub fn is_source(&self, rel: &Relation) -> bool {
         rel.schema() == self.schema && rel.name == self.table

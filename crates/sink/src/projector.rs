@@ -28,10 +28,13 @@ use crate::lane::{Lane, LaneFlush, Logic, PgWriter, Writer, acknowledgeable, con
 use crate::mirror::Mirror;
 use crate::postgres::PgTable;
 use crate::query::{Mapping, QueryProjection};
+use crate::rebuild::{Swap, shadow_table, shadow_target};
 use crate::redis::RedisWriter;
 use crate::spec::{
-    BatchSpec, ProjectionSpec, Resolved, SinkKind, SinkSpec, parse_table_name, validate,
+    BackfillSpec, BatchSpec, ProjectionSpec, Resolved, SinkKind, SinkSpec, parse_table_name,
+    validate,
 };
+use pgprism_leader::fence::read_backfill;
 
 /// Everything the projector needs to start.
 #[derive(Debug, Clone)]
@@ -50,6 +53,8 @@ pub struct ProjectorConfig {
     pub batch: BatchSpec,
     /// How long a stamp waits for a frozen old leader's sink transaction.
     pub takeover_after: Duration,
+    /// Loading existing rows into new targets.
+    pub backfill: BackfillSpec,
 }
 
 /// The state of one target, for status and metrics.
@@ -63,6 +68,9 @@ pub struct TargetStatus {
     pub sink: String,
     /// Its durable offset.
     pub offset: Offset,
+    /// Its backfill: rows loaded and the planner's estimate of those left (`None`: none
+    /// running).
+    pub backfill: Option<(u64, u64)>,
     /// Changes waiting for the next flush.
     pub pending: usize,
 }
@@ -119,6 +127,8 @@ impl LagClock {
 /// Routes changes into lanes and flushes them.
 #[derive(Debug)]
 pub struct Projector {
+    /// The pipeline's name.
+    pipeline: String,
     /// Shared with the metrics reporter.
     clock: Arc<LagClock>,
     lanes: Vec<Lane>,
@@ -426,6 +436,93 @@ async fn plan(
     })
 }
 
+/// A Postgres target to open a writer for.
+struct PgTarget<'a> {
+    target: &'a str,
+    sink: &'a str,
+    dsn: &'a str,
+    schema: &'a str,
+    table: &'a str,
+}
+
+/// Connect a Postgres target's session, check its table, stamp our epoch on its offset
+/// (creating it with `initial` as its backfill state), and return where it resumes.
+async fn pg_writer(
+    cfg: &ProjectorConfig,
+    t: PgTarget<'_>,
+    timeouts: &str,
+    shape: Option<&Arc<crate::batch::Shape>>,
+    initial: Option<&str>,
+) -> Result<(PgWriter, Offset), SinkError> {
+    let target = t.target;
+    let dsn = SourceDsn::parse(t.dsn)
+        .map_err(|e| SinkError::config(target, format!("sinks.{}.dsn: {e}", t.sink)))?;
+    let mut config = dsn.sql_config();
+    config
+        .options(timeouts)
+        .application_name(format!("pgprism sink {target}"));
+    let client = connect(&config, target).await?;
+    dead_letter::ensure(&client).await?;
+    let table = PgTable::load(&client, target, t.schema, t.table).await?;
+    if let Some(shape) = shape {
+        table.check_shape(shape)?;
+    }
+    let (fence, stored) = PgFence::stamp_new(
+        &client,
+        &cfg.pipeline,
+        target,
+        cfg.epoch,
+        cfg.takeover_after,
+        initial,
+    )
+    .await?;
+    Ok((
+        PgWriter {
+            config,
+            client: Arc::new(client),
+            table: Arc::new(table),
+            fence,
+            replay_flushes: 0,
+            in_tx: false,
+            alt: None,
+            sessions: cfg.batch.sessions,
+        },
+        stored,
+    ))
+}
+
+/// A target's backfill from its stored state: the tables to scan and their size.
+async fn plan_backfill(
+    source: &Client,
+    target: &str,
+    logic: &Logic,
+    state: crate::backfill::BackfillState,
+    spec: &BackfillSpec,
+) -> Result<Option<crate::backfill::Backfill>, SinkError> {
+    use crate::backfill::{Backfill, estimate};
+    if !state.running() && state.window.is_none() {
+        return Ok(None);
+    }
+    let scans = match logic {
+        // Read again from the relation at each chunk (it may change shape meanwhile).
+        Logic::Mirror(m) => m.backfill_scan().map(|(s, _)| s).into_iter().collect(),
+        Logic::Query(q) => {
+            let mut pks = BTreeMap::new();
+            for (schema, table) in q.source_tables() {
+                let pk = primary_key(source, target, &schema, &table).await?;
+                pks.insert((schema, table), pk);
+            }
+            q.backfill_scans(|schema, table| {
+                pks.get(&(schema.to_owned(), table.to_owned()))
+                    .cloned()
+                    .unwrap_or_default()
+            })
+        }
+    };
+    let n = estimate(source, &scans).await;
+    Ok(Some(Backfill::new(scans, state, spec, n)))
+}
+
 fn table_of(projection: &str, name: &str) -> Result<(String, String), SinkError> {
     parse_table_name(name)
         .ok_or_else(|| SinkError::config(projection, format!("{name:?} is not a table name")))
@@ -447,6 +544,11 @@ impl Projector {
         let source = connect(&source_config, "source").await?;
         let mut dead_letters_on_source = false;
         let mut lanes = Vec::new();
+        let mut shadows = Vec::new();
+        let initial = cfg
+            .backfill
+            .initial
+            .then(|| crate::backfill::BackfillState::start().to_json());
         for (i, p) in cfg.projections.iter().enumerate() {
             let p = p
                 .resolve(&format!("projections[{i}]"))
@@ -461,54 +563,105 @@ impl Projector {
                 let sink = cfg.sinks.get(&t.sink).expect("validated");
                 let (writer, stored) = match (sink.kind, &sink.dsn, &sink.url) {
                     (SinkKind::Postgres, Some(dsn), _) => {
-                        let dsn = SourceDsn::parse(dsn).map_err(|e| {
-                            SinkError::config(&target, format!("sinks.{}.dsn: {e}", t.sink))
-                        })?;
-                        let mut config = dsn.sql_config();
-                        config
-                            .options(&timeouts)
-                            .application_name(format!("pgprism sink {target}"));
-                        let client = connect(&config, &target).await?;
-                        dead_letter::ensure(&client).await?;
                         let (schema, table) = table_of(&target, t.table.as_deref().unwrap_or(""))?;
-                        let table = PgTable::load(&client, &target, &schema, &table).await?;
-                        if let Some(shape) = &shape {
-                            table.check_shape(shape)?;
-                        }
-                        let (fence, stored) = PgFence::stamp(
-                            &client,
-                            &cfg.pipeline,
-                            &target,
-                            cfg.epoch,
-                            cfg.takeover_after,
+                        let (w, stored) = pg_writer(
+                            cfg,
+                            PgTarget {
+                                target: &target,
+                                sink: &t.sink,
+                                dsn,
+                                schema: &schema,
+                                table: &table,
+                            },
+                            &timeouts,
+                            shape.as_ref(),
+                            initial.as_deref(),
                         )
                         .await?;
-                        (
-                            Writer::Postgres(Box::new(PgWriter {
-                                config,
-                                client: Arc::new(client),
-                                table: Arc::new(table),
-                                fence,
-                                replay_flushes: 0,
-                                in_tx: false,
-                                alt: None,
-                                sessions: cfg.batch.sessions,
-                            })),
-                            stored,
-                        )
+                        let shadow = shadow_target(&target);
+                        if let Some(text) =
+                            read_backfill(&*w.client, &cfg.pipeline, &shadow).await?
+                        {
+                            // A rebuild was asked for: its shadow lane goes beside this one.
+                            let state = crate::backfill::BackfillState::parse(&shadow, &text)?;
+                            let shadow_table = shadow_table(&target, &table)?;
+                            let (sw, shadow_stored) = pg_writer(
+                                cfg,
+                                PgTarget {
+                                    target: &shadow,
+                                    sink: &t.sink,
+                                    dsn,
+                                    schema: &schema,
+                                    table: &shadow_table,
+                                },
+                                &timeouts,
+                                shape.as_ref(),
+                                None,
+                            )
+                            .await?;
+                            let (logic, shape) = plan(&source, &p).await?;
+                            let backfill =
+                                plan_backfill(&source, &shadow, &logic, state, &cfg.backfill)
+                                    .await?;
+                            tracing::info!(target_name = %shadow, offset = %shadow_stored.resume_lsn, table = %format!("{schema}.{shadow_table}"),
+                                "rebuilding beside the live table");
+                            let mut lane_source = source_config.clone();
+                            lane_source.application_name(format!("pgprism query {shadow}"));
+                            let mut lane = Lane::new(
+                                shadow,
+                                name.clone(),
+                                t.sink.clone(),
+                                &cfg.pipeline,
+                                logic,
+                                Writer::Postgres(Box::new(sw)),
+                                lane_source,
+                                shape,
+                                shadow_stored,
+                                cfg.batch.detach_after,
+                                backfill,
+                            );
+                            lane.swap = Some(Swap {
+                                live_target: target.clone(),
+                                schema: schema.clone(),
+                                table: table.clone(),
+                            });
+                            shadows.push(lane);
+                        }
+                        (Writer::Postgres(Box::new(w)), stored)
                     }
                     (SinkKind::Redis, _, Some(url)) => {
                         if !dead_letters_on_source {
                             dead_letter::ensure(&source).await?;
                             dead_letters_on_source = true;
                         }
-                        let (w, stored) =
-                            RedisWriter::connect(&cfg.pipeline, &target, url, t, cfg.epoch).await?;
+                        let (w, stored) = RedisWriter::connect(
+                            &cfg.pipeline,
+                            &target,
+                            url,
+                            t,
+                            cfg.epoch,
+                            initial.as_deref(),
+                        )
+                        .await?;
                         (Writer::Redis(Box::new(w)), stored)
                     }
                     _ => unreachable!("validated"),
                 };
-                tracing::info!(target_name = %target, offset = %stored.resume_lsn, changes_done = stored.changes_done, epoch = %cfg.epoch, "target ready");
+                let state = match &writer {
+                    Writer::Postgres(w) => w.fence.backfill().map(str::to_owned),
+                    Writer::Redis(w) => w.backfill().map(str::to_owned),
+                };
+                let backfill = match state {
+                    Some(text) => {
+                        let state = crate::backfill::BackfillState::parse(&target, &text)?;
+                        plan_backfill(&source, &target, &logic, state, &cfg.backfill).await?
+                    }
+                    None => None,
+                };
+                tracing::info!(target_name = %target, offset = %stored.resume_lsn, changes_done = stored.changes_done, epoch = %cfg.epoch,
+                    backfill = backfill.as_ref().map(|b| if b.state.running() { "running" } else { "done" }).unwrap_or("none"),
+                    backfill_rows = backfill.as_ref().map_or(0, |b| b.state.rows),
+                    "target ready");
                 let mut lane_source = source_config.clone();
                 lane_source.application_name(format!("pgprism query {target}"));
                 lanes.push(Lane::new(
@@ -522,9 +675,11 @@ impl Projector {
                     shape,
                     stored,
                     cfg.batch.detach_after,
+                    backfill,
                 ));
             }
         }
+        lanes.extend(shadows);
         for lane in &lanes {
             // Present from the start, so an alert on its rate works before the first one.
             metrics::counter!("pgprism_dead_letters_total", "projection" => lane.projection.clone())
@@ -532,6 +687,7 @@ impl Projector {
         }
         let next = lanes.iter().map(|l| l.covered).min().unwrap_or_default();
         Ok(Projector {
+            pipeline: cfg.pipeline.clone(),
             clock: Arc::new(LagClock::default()),
             size: Adaptive::new(&cfg.batch),
             max_age: cfg.batch.max_age,
@@ -625,19 +781,56 @@ impl Projector {
         Ok(())
     }
 
-    /// The most changes waiting in one lane.
+    /// The most changes waiting in one lane (a lane whose batch waits for the stream to
+    /// pass a backfill window does not count until more changes come).
     pub fn pending(&self) -> usize {
         self.lanes
             .iter()
+            .filter(|l| !l.held)
             .map(Lane::pending_changes)
             .max()
             .unwrap_or(0)
+    }
+
+    /// Every transaction committed before `lsn` has been routed (a logical message at
+    /// `lsn` came through the stream after them).
+    pub fn note_delivered(&mut self, lsn: Lsn) {
+        for lane in &mut self.lanes {
+            lane.note_delivered(lsn);
+        }
+    }
+
+    /// When the next backfill chunk is due (`None`: no target backfills).
+    pub fn backfill_due(&self) -> Option<Instant> {
+        self.lanes
+            .iter()
+            .filter(|l| l.detached.is_none())
+            .filter_map(|l| {
+                l.backfill
+                    .as_ref()
+                    .and_then(|b| b.next_at(l.pending_changes() > 0))
+            })
+            .min()
+    }
+
+    /// Whether any target still loads existing rows (a target set aside does not count: it
+    /// goes on once the stream restarts for it).
+    pub fn backfilling(&self) -> bool {
+        self.lanes
+            .iter()
+            .any(|l| l.detached.is_none() && l.backfill.as_ref().is_some_and(|b| b.state.running()))
     }
 
     /// Whether changes were pushed since the last flush, or a flush still runs in the
     /// background.
     pub fn has_unflushed(&self) -> bool {
         self.oldest.is_some() || self.behind.is_some()
+    }
+
+    /// Whether some target holds changes not yet written (with [`Projector::has_unflushed`]
+    /// false: a batch held back by a backfill window). [`Projector::flush`] writes them.
+    pub fn holds_changes(&self) -> bool {
+        self.lanes.iter().any(|l| l.pending_changes() > 0)
     }
 
     /// While catching up, when the oldest waiting change must be flushed even though its
@@ -660,7 +853,15 @@ impl Projector {
 
     /// Make everything pushed so far durable in every target.
     pub async fn flush(&mut self) -> Result<FlushReport, SinkError> {
-        self.flush_group(false).await
+        // Everything: a batch waiting for the stream to pass a backfill window too.
+        for lane in &mut self.lanes {
+            lane.force = true;
+        }
+        let report = self.flush_group(false).await;
+        for lane in &mut self.lanes {
+            lane.force = false;
+        }
+        report
     }
 
     /// Flush; with `behind`, Postgres mirror lanes may write in the background (see
@@ -676,7 +877,7 @@ impl Projector {
             self.last_end
         };
         let rows = self.pending();
-        self.share_recomputes().await;
+        self.share_recomputes(to).await;
         let outcomes = join_all(self.lanes.iter_mut().map(|l| async move {
             match (l.detached, behind) {
                 (Some(_), _) => Ok(LaneFlush::default()),
@@ -720,6 +921,7 @@ impl Projector {
                 });
             }
         }
+        self.swap_rebuilt().await?;
         let took = started.elapsed();
         // What is not durable yet: the batch the lanes now write in the background.
         self.behind = match (self.lanes.iter().any(Lane::is_behind), self.oldest_commit) {
@@ -768,9 +970,40 @@ impl Projector {
         Ok(report)
     }
 
+    /// A rebuild's shadow lane that is loaded and durable at the live lane's offset takes
+    /// the live table's place (see [`crate::rebuild`]); the lanes then restart.
+    async fn swap_rebuilt(&mut self) -> Result<(), SinkError> {
+        let Some(i) = self.lanes.iter().position(Lane::swap_ready) else {
+            return Ok(());
+        };
+        let live = self.lanes[i]
+            .swap
+            .as_ref()
+            .map(|s| s.live_target.clone())
+            .unwrap_or_default();
+        let Some(j) = self
+            .lanes
+            .iter()
+            .position(|l| l.name == live && l.detached.is_none())
+        else {
+            return Ok(());
+        };
+        self.lanes[j].settle().await?;
+        if self.lanes[j].stored != self.lanes[i].stored || self.lanes[j].pending_changes() > 0 {
+            return Ok(());
+        }
+        let at = self.lanes[i].stored;
+        self.lanes[i].swap_in(&self.pipeline).await?;
+        tracing::info!(target_name = %live, offset = %at.resume_lsn, "rebuild done: the rebuilt table took the live one's place");
+        Err(SinkError::Restart {
+            target: live,
+            message: "rebuilt and swapped in; the targets restart from their offsets".to_owned(),
+        })
+    }
+
     /// Targets of one query projection that wait on the same keys recompute them once
     /// (the query runs on the source, so each extra target would double its load).
-    async fn share_recomputes(&mut self) {
+    async fn share_recomputes(&mut self, to: Offset) {
         let mut done = vec![false; self.lanes.len()];
         for i in 0..self.lanes.len() {
             self.lanes[i].forget_recompute();
@@ -789,7 +1022,7 @@ impl Projector {
                 }
             }
             if !same.is_empty() {
-                lead.share_recompute(&mut same).await;
+                lead.share_recompute(&mut same, to).await;
             }
         }
     }
@@ -840,6 +1073,11 @@ impl Projector {
                 sink: l.sink.clone(),
                 offset: l.stored,
                 pending: l.pending_changes(),
+                backfill: l
+                    .backfill
+                    .as_ref()
+                    .filter(|b| b.state.running())
+                    .map(|b| (b.state.rows, b.remaining())),
             })
             .collect()
     }

@@ -144,7 +144,138 @@ pub async fn tables_without_statistics(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Begin a REPEATABLE READ READ ONLY transaction on `source` whose snapshot sees every
+/// transaction in `xids` (waiting, by retrying, for a commit decoded before it became
+/// visible; see [`QueryProjection::resolve`]). The caller ends the transaction.
+pub(crate) async fn begin_visible_snapshot(
+    source: &Client,
+    what: &str,
+    xids: &std::collections::BTreeSet<u32>,
+) -> Result<(), SinkError> {
+    let xids: Vec<i64> = xids.iter().map(|&x| i64::from(x)).collect();
+    let started = std::time::Instant::now();
+    loop {
+        // The transaction and its first statement go out together (one round trip).
+        let xid_param: [(&(dyn ToSql + Sync), Type); 1] = [(&xids, Type::INT8_ARRAY)];
+        let (begun, running) = tokio::join!(
+            source.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+            source.query_typed_one(
+                // Widen each 32-bit xid to the xid8 nearest the snapshot's xmax (it is
+                // recent), then ask the snapshot: an xid at or past xmax, or in the
+                // in-progress list, is not visible yet.
+                "WITH s AS (SELECT pg_current_snapshot() AS snap),
+                      m AS (SELECT pg_snapshot_xmax(snap)::text::int8 AS xmax FROM s)
+                 SELECT count(*) FROM s, m, unnest($1::int8[]) AS x(xid)
+                  WHERE NOT pg_visible_in_snapshot(
+                          (m.xmax - (((m.xmax % 4294967296) - x.xid + 6442450944) % 4294967296
+                                     - 2147483648))::text::xid8,
+                          s.snap)",
+                &xid_param,
+            )
+        );
+        if let Err(e) = begun {
+            let _ = source.batch_execute("ROLLBACK").await;
+            return Err(SinkError::pg(what, "taking a snapshot of the source")(e));
+        }
+        let running: i64 = match running {
+            Ok(r) => r.get(0),
+            Err(e) => {
+                let _ = source.batch_execute("ROLLBACK").await;
+                return Err(SinkError::pg(what, "taking a snapshot of the source")(e));
+            }
+        };
+        if running == 0 {
+            return Ok(());
+        }
+        let _ = source.batch_execute("ROLLBACK").await;
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            return Err(SinkError::Restart {
+                target: what.to_owned(),
+                message: "transactions decoded 30 s ago are still not visible on the source"
+                    .to_owned(),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
 impl QueryProjection {
+    /// The source tables a backfill scans to find every key, with the columns it reads
+    /// (the mapped ones) and their index: the tables whose mapped columns are their
+    /// primary key (`orders.id` for a read model keyed by order), else every table mapped
+    /// by columns, else every table (through its fan-out query). `pk` gives a table's
+    /// primary key.
+    pub(crate) fn backfill_scans(
+        &self,
+        pk: impl Fn(&str, &str) -> Vec<String>,
+    ) -> Vec<crate::backfill::Scan> {
+        let mapped = |s: &SourceTable| match &s.mapping {
+            Mapping::Columns(c) => c.clone(),
+            Mapping::FanOut { column, .. } => vec![column.clone()],
+        };
+        let by_pk: Vec<usize> = (0..self.sources.len())
+            .filter(|&i| {
+                let s = &self.sources[i];
+                matches!(&s.mapping, Mapping::Columns(c) if *c == pk(&s.schema, &s.table))
+            })
+            .collect();
+        let by_columns: Vec<usize> = (0..self.sources.len())
+            .filter(|&i| matches!(self.sources[i].mapping, Mapping::Columns(_)))
+            .collect();
+        let chosen = if !by_pk.is_empty() {
+            by_pk
+        } else if !by_columns.is_empty() {
+            by_columns
+        } else {
+            (0..self.sources.len()).collect()
+        };
+        chosen
+            .into_iter()
+            .map(|i| {
+                let s = &self.sources[i];
+                let key = pk(&s.schema, &s.table);
+                let key = if key.is_empty() { mapped(s) } else { key };
+                crate::backfill::Scan::new(&s.schema, &s.table, &key, &mapped(s), i)
+            })
+            .collect()
+    }
+
+    /// Add the keys of rows a backfill scanned (the mapped columns of source table
+    /// `source_index`) to `keys`, as of `pos`.
+    pub(crate) fn add_scanned(
+        &self,
+        source_index: usize,
+        rows: &[crate::backfill::ChunkRow],
+        pos: Position,
+        keys: &mut KeySet,
+    ) {
+        let Some(source) = self.sources.get(source_index) else {
+            return;
+        };
+        let origin = Origin {
+            table: source.qualified.clone(),
+            op: "backfill",
+        };
+        for row in rows {
+            let Some(values) = row.iter().cloned().collect::<Option<Vec<Bytes>>>() else {
+                continue;
+            };
+            match &source.mapping {
+                Mapping::Columns(_) => {
+                    keys.direct.entry(values).or_insert_with(|| origin.clone());
+                }
+                Mapping::FanOut { .. } => {
+                    keys.fan_out
+                        .entry(source_index)
+                        .or_insert_with(|| (Vec::new(), origin.clone()))
+                        .0
+                        .extend(values);
+                }
+            }
+        }
+        keys.last = Some(keys.last.map_or(pos, |l| l.max(pos)));
+    }
+
     /// A projection from its spec; `mappings` holds the resolved mapping per source table.
     pub fn new(spec: &QuerySpec, mappings: Vec<(String, String, Mapping)>) -> QueryProjection {
         QueryProjection {
@@ -167,7 +298,7 @@ impl QueryProjection {
     }
 
     /// The source tables the projection maps changes from, as `(schema, table)`.
-    fn source_tables(&self) -> Vec<(String, String)> {
+    pub(crate) fn source_tables(&self) -> Vec<(String, String)> {
         self.sources
             .iter()
             .map(|s| (s.schema.clone(), s.table.clone()))
@@ -424,51 +555,7 @@ impl QueryProjection {
         existing: Vec<Key>,
     ) -> Result<(Batch, Vec<(Key, Entry, SinkError)>), SinkError> {
         let shape = self.prepare(source).await?;
-        let xids: Vec<i64> = keys.xids.iter().map(|&x| i64::from(x)).collect();
-        let started = std::time::Instant::now();
-        loop {
-            // The transaction and its first statement go out together (one round trip).
-            let xid_param: [(&(dyn ToSql + Sync), Type); 1] = [(&xids, Type::INT8_ARRAY)];
-            let (begun, running) = tokio::join!(
-                source.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
-                source.query_typed_one(
-                    // Widen each 32-bit xid to the xid8 nearest the snapshot's xmax (it is
-                    // recent), then ask the snapshot: an xid at or past xmax, or in the
-                    // in-progress list, is not visible yet.
-                    "WITH s AS (SELECT pg_current_snapshot() AS snap),
-                          m AS (SELECT pg_snapshot_xmax(snap)::text::int8 AS xmax FROM s)
-                     SELECT count(*) FROM s, m, unnest($1::int8[]) AS x(xid)
-                      WHERE NOT pg_visible_in_snapshot(
-                              (m.xmax - (((m.xmax % 4294967296) - x.xid + 6442450944) % 4294967296
-                                         - 2147483648))::text::xid8,
-                              s.snap)",
-                    &xid_param,
-                )
-            );
-            if let Err(e) = begun {
-                let _ = source.batch_execute("ROLLBACK").await;
-                return Err(SinkError::pg(&self.name, "taking a snapshot of the source")(e));
-            }
-            let running: i64 = match running {
-                Ok(r) => r.get(0),
-                Err(e) => {
-                    let _ = source.batch_execute("ROLLBACK").await;
-                    return Err(SinkError::pg(&self.name, "taking a snapshot of the source")(e));
-                }
-            };
-            if running == 0 {
-                break;
-            }
-            let _ = source.batch_execute("ROLLBACK").await;
-            if started.elapsed() > std::time::Duration::from_secs(30) {
-                return Err(SinkError::Restart {
-                    target: self.name.clone(),
-                    message: "transactions decoded 30 s ago are still not visible on the source"
-                        .to_owned(),
-                });
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        begin_visible_snapshot(source, &self.name, &keys.xids).await?;
         let result = self
             .resolve_in_snapshot(source, shape, keys, existing)
             .await;
@@ -542,7 +629,7 @@ impl QueryProjection {
         let failed: Vec<(Key, Entry, SinkError)> = failed
             .into_iter()
             .filter_map(|(key, e)| {
-                let origin = wanted.shift_remove(&key)?;
+                let origin = wanted.swap_remove(&key)?;
                 let entry = Entry {
                     op: Op::Recompute,
                     pos,
@@ -568,7 +655,7 @@ impl QueryProjection {
                 .collect();
             let Some(key) = key else { continue };
             // Only the keys asked for: a query that returns more does not widen the batch.
-            let Some(origin) = wanted.shift_remove(&key) else {
+            let Some(origin) = wanted.swap_remove(&key) else {
                 continue;
             };
             batch.push(

@@ -135,6 +135,7 @@ impl RedisWriter {
         url: &str,
         spec: &TargetSpec,
         epoch: Epoch,
+        backfill: Option<&str>,
     ) -> Result<(RedisWriter, Offset), SinkError> {
         let client =
             redis::Client::open(url).map_err(SinkError::redis(target, "parsing the Redis URL"))?;
@@ -142,7 +143,8 @@ impl RedisWriter {
             .get_multiplexed_async_connection()
             .await
             .map_err(SinkError::redis(target, "connecting to Redis"))?;
-        let (fence, offset) = RedisFence::stamp(&mut conn, pipeline, target, epoch).await?;
+        let (fence, offset) =
+            RedisFence::stamp_new(&mut conn, pipeline, target, epoch, backfill).await?;
         let writer = RedisWriter {
             target: target.to_owned(),
             client,
@@ -506,6 +508,20 @@ impl RedisWriter {
     /// Move the offset forward after the batch it covers was written.
     pub async fn commit(&mut self, to: Offset) -> Result<(), SinkError> {
         Ok(self.fence.commit_offset(&mut self.conn, to).await?)
+    }
+
+    /// [`RedisWriter::commit`] with the backfill state the written keys reach, in the
+    /// same script.
+    pub async fn commit_backfill(&mut self, to: Offset, state: &str) -> Result<(), SinkError> {
+        Ok(self
+            .fence
+            .commit_offset_backfill(&mut self.conn, to, Some(state))
+            .await?)
+    }
+
+    /// The backfill state read when the epoch was stamped.
+    pub fn backfill(&self) -> Option<&str> {
+        self.fence.backfill()
     }
 
     /// Rewind the offset for a replay.

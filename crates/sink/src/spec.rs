@@ -383,6 +383,41 @@ impl Default for BatchSpec {
     }
 }
 
+/// Loading the rows that exist before a target joins the pipeline (`[backfill]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackfillSpec {
+    /// Whether a target new to the pipeline (no offset yet) loads the existing rows.
+    pub initial: bool,
+    /// Rows read from the source per chunk (one chunk per flush of the target).
+    pub chunk_size: usize,
+    /// Most rows per second a target's backfill reads (0: no limit).
+    pub rows_per_second: u64,
+}
+
+impl Default for BackfillSpec {
+    fn default() -> Self {
+        BackfillSpec {
+            initial: true,
+            chunk_size: 10_000,
+            rows_per_second: 0,
+        }
+    }
+}
+
+impl BackfillSpec {
+    /// The first problem, with its key path.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !(1..=1_000_000).contains(&self.chunk_size) {
+            return Err(err(
+                "backfill.chunk_size",
+                "must be between 1 and 1000000 rows",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A configuration problem: the key path and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {message}")]

@@ -63,6 +63,11 @@ pub struct TargetOffset {
     pub lag_bytes: Option<u64>,
     /// Dead letters waiting.
     pub dead_letters: Option<i64>,
+    /// Its backfill of existing rows (`None`: none ever ran, e.g. a target from before
+    /// backfills existed or with `backfill.initial = false`).
+    pub backfill: Option<crate::backfill::BackfillState>,
+    /// A `pgprism rebuild` in progress: the shadow's backfill.
+    pub rebuild: Option<crate::backfill::BackfillState>,
     /// Why it could not be read, if it could not.
     pub error: Option<String>,
 }
@@ -106,6 +111,8 @@ pub async fn read(cfg: &ProjectorConfig, slot: &str) -> Result<Status, SinkError
                 epoch: None,
                 lag_bytes: None,
                 dead_letters: None,
+                backfill: None,
+                rebuild: None,
                 error: None,
             };
             let read = read_target(cfg, &source, &name, &t.sink, &mut out).await;
@@ -154,9 +161,11 @@ async fn read_target(
             let client = connect(&dsn.sql_config(), name).await?;
             let row = client
                 .query_opt(
-                    "SELECT resume_lsn::text, changes_done, epoch FROM pgprism.offsets
-                      WHERE pipeline = $1 AND sink = $2",
-                    &[&cfg.pipeline, &name],
+                    "SELECT resume_lsn::text, changes_done, epoch, backfill,
+                            (SELECT backfill FROM pgprism.offsets
+                              WHERE pipeline = $1 AND sink = $3)
+                       FROM pgprism.offsets WHERE pipeline = $1 AND sink = $2",
+                    &[&cfg.pipeline, &name, &crate::rebuild::shadow_target(name)],
                 )
                 .await
                 .ok()
@@ -165,6 +174,12 @@ async fn read_target(
                 out.resume_lsn = Some(r.get(0));
                 out.changes_done = Some(r.get(1));
                 out.epoch = Some(r.get(2));
+                out.backfill = r
+                    .get::<_, Option<String>>(3)
+                    .and_then(|t| serde_json::from_str(&t).ok());
+                out.rebuild = r
+                    .get::<_, Option<String>>(4)
+                    .and_then(|t| serde_json::from_str(&t).ok());
             }
             Some(client)
         }
@@ -178,15 +193,22 @@ async fn read_target(
             .await
             .map_err(|_| SinkError::config(name, "Redis did not answer within 5 s"))?
             .map_err(SinkError::redis(name, "connecting to Redis"))?;
-            let (epoch, lsn, n): (Option<i64>, Option<String>, Option<i64>) = redis::cmd("HMGET")
+            let (epoch, lsn, n, backfill): (
+                Option<i64>,
+                Option<String>,
+                Option<i64>,
+                Option<String>,
+            ) = redis::cmd("HMGET")
                 .arg(offset_key(&cfg.pipeline, name))
                 .arg("epoch")
                 .arg("resume_lsn")
                 .arg("changes_done")
+                .arg("backfill")
                 .query_async(&mut conn)
                 .await
                 .map_err(SinkError::redis(name, "reading the offset"))?;
             out.epoch = epoch;
+            out.backfill = backfill.and_then(|t| serde_json::from_str(&t).ok());
             out.changes_done = n;
             out.resume_lsn = lsn
                 .and_then(|h| u64::from_str_radix(&h, 16).ok())

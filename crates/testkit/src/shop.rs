@@ -9,12 +9,63 @@ use rand::{Rng, SeedableRng};
 /// `txns` transactions of 1–3 operations each. Panics on a database error (it is a test
 /// workload: a failed write is a broken test setup).
 pub async fn workload(client: &tokio_postgres::Client, txns: usize, seed: u64) {
+    run(client, txns, seed, false).await
+}
+
+/// [`workload`] that also changes and deletes rows that existed before it started (a
+/// random sample of each table's rows), as an application with history does.
+pub async fn workload_on_existing(client: &tokio_postgres::Client, txns: usize, seed: u64) {
+    run(client, txns, seed, true).await
+}
+
+/// SQL that fills the shop with `orders` orders (0–3 items each, 1.5 on average) of
+/// `orders / 20 + 1` customers over `orders / 100 + 1` products, then analyzes the tables
+/// (the statistics a real database has).
+pub fn seed_sql(orders: usize) -> String {
+    let customers = orders / 20 + 1;
+    let products = orders / 100 + 1;
+    format!(
+        "INSERT INTO customers (name, email)
+           SELECT 'customer ' || g, 'c' || g || '@example.com' FROM generate_series(1, {customers}) g;
+         INSERT INTO products (name, price_cents)
+           SELECT 'product ' || g, 100 + g FROM generate_series(1, {products}) g;
+         INSERT INTO orders (customer_id, status, created_at, updated_at)
+           SELECT c.a[1 + g % array_length(c.a, 1)],
+                  (ARRAY['pending', 'confirmed', 'shipped', 'cancelled'])[1 + g % 4],
+                  now() - make_interval(secs => g), now() - make_interval(secs => g)
+             FROM (SELECT array_agg(id) AS a FROM customers) c, generate_series(1, {orders}) g;
+         INSERT INTO order_items (order_id, product_id, quantity, unit_cents)
+           SELECT o.id, p.a[1 + abs(hashtext(o.id::text || k)) % array_length(p.a, 1)], k, 100 * k
+             FROM orders o, (SELECT array_agg(id) AS a FROM products) p, generate_series(1, 3) k
+            WHERE abs(hashtext(o.id::text)) % 4 >= k;
+         ANALYZE customers, products, orders, order_items;"
+    )
+}
+
+async fn run(client: &tokio_postgres::Client, txns: usize, seed: u64, existing: bool) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut customers: Vec<String> = Vec::new();
     let mut products: Vec<String> = Vec::new();
     let mut orders: Vec<String> = Vec::new();
     let mut items: Vec<String> = Vec::new();
     let one = |rows: Vec<tokio_postgres::Row>| -> String { rows[0].get(0) };
+    if existing {
+        for (v, table, n) in [
+            (&mut customers, "customers", 1_000),
+            (&mut products, "products", 1_000),
+            (&mut orders, "orders", 5_000),
+            (&mut items, "order_items", 5_000),
+        ] {
+            let rows = client
+                .query(
+                    &format!("SELECT id::text FROM {table} ORDER BY random() LIMIT {n}"),
+                    &[],
+                )
+                .await
+                .unwrap();
+            v.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+        }
+    }
     for c in 0..5 {
         customers.push(one(client
             .query(
@@ -98,7 +149,10 @@ pub async fn workload(client: &tokio_postgres::Client, txns: usize, seed: u64) {
         // Deleted orders take their items along (ON DELETE CASCADE).
         if t % 50 == 0 {
             let live: Vec<String> = client
-                .query("SELECT id::text FROM order_items", &[])
+                .query(
+                    "SELECT id::text FROM order_items WHERE id = ANY($1::text[]::uuid[])",
+                    &[&items],
+                )
                 .await
                 .unwrap()
                 .iter()

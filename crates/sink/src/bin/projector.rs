@@ -56,7 +56,7 @@
 //!   has not moved; the next start delivers the batch again and the guards must keep
 //!   every key where it is. The proxy knows an offset commit by what the leader crate
 //!   sends: a statement updating `pgprism.offsets SET resume_lsn` (`fence.rs`), or the
-//!   offset script's call with one key and `forward` as its last argument
+//!   offset script's call with one key and `forward` as its direction argument
 //!   (`redis_fence.rs`). Should those change, the failpoint never fires and the tests
 //!   waiting for it fail.
 //!
@@ -74,7 +74,7 @@ use pgprism_decoder::Lsn;
 use pgprism_decoder::stream::{Backoff, ReplicationStream, SourceDsn, StreamConfig};
 use pgprism_leader::Epoch;
 use pgprism_sink::drive::{DriveOptions, drive};
-use pgprism_sink::spec::{BatchSpec, ProjectionSpec, SinkKind, SinkSpec};
+use pgprism_sink::spec::{BackfillSpec, BatchSpec, ProjectionSpec, SinkKind, SinkSpec};
 use pgprism_sink::{FlushReport, Projector, ProjectorConfig};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -109,6 +109,8 @@ struct File {
     source: Source,
     #[serde(default)]
     batch: BatchSpec,
+    #[serde(default)]
+    backfill: BackfillSpec,
     sinks: BTreeMap<String, SinkSpec>,
     projections: Vec<ProjectionSpec>,
 }
@@ -287,6 +289,7 @@ async fn run(
         projections: file.projections,
         batch: file.batch,
         takeover_after,
+        backfill: file.backfill,
     };
     let mut projector = Projector::start(&cfg).await.map_err(|e| e.to_string())?;
     let resume = projector.resume_lsn();
@@ -562,7 +565,7 @@ impl Framer {
 
 /// One RESP request (an array of bulk strings; an inline command is one line): its length,
 /// and whether it is the fenced offset script (`EVALSHA sha 1 offset-key epoch lsn n
-/// forward`).
+/// forward op state`).
 fn next_resp(buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
     let line = |from: usize| -> Option<(&[u8], usize)> {
         let rest = buf.get(from..)?;
@@ -600,6 +603,7 @@ fn next_resp(buf: &[u8]) -> Result<Option<(usize, bool)>, String> {
     let commit = args.len() >= 4
         && (args[0].eq_ignore_ascii_case(b"EVALSHA") || args[0].eq_ignore_ascii_case(b"EVAL"))
         && args[2] == b"1"
-        && args.last() == Some(&&b"forward"[..]);
+        // EVALSHA sha 1 key epoch lsn n forward backfill-op backfill-state
+        && args.get(7) == Some(&&b"forward"[..]);
     Ok(Some((at, commit)))
 }

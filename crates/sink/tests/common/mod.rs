@@ -136,6 +136,7 @@ impl Env {
             projections,
             batch: BatchSpec::default(),
             takeover_after: Duration::from_secs(5),
+            backfill: Default::default(),
         }
     }
 
@@ -331,4 +332,21 @@ pub async fn redis_rows(env: &Env, pattern: &str, columns: &[&str]) -> Vec<Vec<S
     }
     rows.sort();
     rows
+}
+
+/// `order_read_model` in Postgres and the `order:{id}` hashes in Redis, each equal to the
+/// ground truth (`what` says when); the truth's rows.
+pub async fn assert_orders_match_truth(env: &Env, what: &str) -> Vec<Vec<String>> {
+    let truth = env.rows(TRUTH).await;
+    assert_same(
+        &env.rows(MODEL).await,
+        &truth,
+        &format!("{what}: order_read_model vs the ground truth"),
+    );
+    assert_same(
+        &redis_rows(env, "order:*", &ORDER_COLUMNS).await,
+        &truth,
+        &format!("{what}: Redis hashes vs the ground truth"),
+    );
+    truth
 }
