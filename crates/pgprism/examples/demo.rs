@@ -42,6 +42,9 @@ const SETTLED: Duration = Duration::from_secs(3);
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// Orders in the shop before pgprism first starts.
+const EXISTING_ORDERS: usize = 20_000;
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     tokio::select! {
@@ -137,9 +140,11 @@ async fn demo() -> Result<bool, Error> {
     for file in ["sql/schema.sql", "sql/read_models.sql"] {
         pg.psql("shop", &std::fs::read_to_string(root.join(file))?)?;
     }
+    // A shop with history: pgprism's first start must load it (the backfill).
+    pg.psql("shop", &pgprism_testkit::shop::seed_sql(EXISTING_ORDERS))?;
     let redis = RedisServer::start()?;
     println!(
-        "   postgres   {:<44} wal_level=logical; sql/schema.sql, sql/read_models.sql loaded",
+        "   postgres   {:<44} wal_level=logical; sql/schema.sql, sql/read_models.sql loaded, {EXISTING_ORDERS} orders already in it",
         pgprism_decoder::stream::redact_dsn(&dsn)
     );
     println!("   redis      {}", redis.url());
@@ -194,6 +199,41 @@ async fn demo() -> Result<bool, Error> {
     let c = pg.client("shop").await?;
     if let Some((epoch, leader)) = pipeline(&c).await? {
         println!("   pgprism.pipelines: pipeline \"shop\", epoch {epoch}, leader {leader}");
+    }
+
+    step("backfill: the orders that existed before the first start load into the read model");
+    let t = Instant::now();
+    loop {
+        let row = c
+            .query_opt(
+                "SELECT backfill::json->>'state', backfill::json->>'rows'
+                   FROM pgprism.offsets WHERE pipeline = 'shop' AND sink = 'order_read_model.pg'",
+                &[],
+            )
+            .await
+            .ok()
+            .flatten();
+        let (state, rows): (Option<String>, Option<String>) =
+            row.map(|r| (r.get(0), r.get(1))).unwrap_or_default();
+        if state.as_deref() == Some("done") {
+            let n: i64 = c
+                .query_one("SELECT count(*) FROM order_read_model", &[])
+                .await?
+                .get(0);
+            println!(
+                "   order_read_model.pg: {} orders read in {}, {n} rows in order_read_model (the Redis hashes load alongside); `pgprism status` shows it per target",
+                rows.unwrap_or_default(),
+                dur(t.elapsed())
+            );
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(180) {
+            return Err(format!(
+                "the backfill did not finish within 180 s (state {state:?}, rows {rows:?})"
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     step(&format!(

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use pgprism_sink::spec::{BatchSpec, ProjectionSpec, SinkSpec, SpecError};
+use pgprism_sink::spec::{BackfillSpec, BatchSpec, ProjectionSpec, SinkSpec, SpecError};
 use serde::{Deserialize, Serialize};
 use toml::Value;
 
@@ -53,6 +53,9 @@ pub struct Config {
     /// Batch sizing and sink timeouts.
     #[serde(default)]
     pub batch: BatchSpec,
+    /// Loading existing rows into targets new to the pipeline.
+    #[serde(default)]
+    pub backfill: BackfillSpec,
     /// Metrics and health endpoints.
     #[serde(default)]
     pub http: Http,
@@ -337,6 +340,7 @@ impl Config {
             ));
         }
         pgprism_sink::spec::validate(&self.sinks, &self.projections, &self.batch)?;
+        self.backfill.validate()?;
         Ok(())
     }
 
@@ -353,6 +357,7 @@ impl Config {
             projections: self.projections.clone(),
             batch: self.batch.clone(),
             takeover_after: self.leader.takeover_after,
+            backfill: self.backfill.clone(),
         })
     }
 
@@ -425,6 +430,7 @@ struct ReferenceDoc {
     source: ReferenceSource,
     leader: Leader,
     batch: BatchSpec,
+    backfill: BackfillSpec,
     http: Http,
     heartbeat: ReferenceHeartbeat,
     shutdown: Shutdown,

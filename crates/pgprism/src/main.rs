@@ -6,6 +6,7 @@ mod config;
 mod dlq;
 mod http;
 mod jsonl;
+mod rebuild;
 mod replay;
 mod run;
 mod session;
@@ -47,6 +48,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Re-apply changes from a saved LSN (refused if the slot no longer holds that WAL).
     Replay(replay::ReplayArgs),
+    /// Build a projection's read model again beside the live one, then swap it in.
+    Rebuild(rebuild::RebuildArgs),
     /// Check config, connectivity, wal_level, slots, publication and privileges.
     Check(check::CheckArgs),
     /// Manage the replication slot and the publication.
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
             Command::Tail(args) => tail::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Replay(args) => replay::run(args).await,
+            Command::Rebuild(args) => rebuild::run(args).await,
             Command::Check(args) => check::run(args).await,
             Command::Slot(args) => slot::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,

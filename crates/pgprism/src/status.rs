@@ -62,7 +62,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:<32} {:<8} {:<14} {:>10} {:>6} {:>6}",
+        "{:<32} {:<8} {:<14} {:>10} {:>6} {:>6}  backfill",
         "target", "sink", "offset", "behind", "epoch", "dead"
     );
     for t in &status.targets {
@@ -75,8 +75,16 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
             (Some(l), _) => l.clone(),
             _ => "never".to_owned(),
         };
+        let mut backfill = t
+            .backfill
+            .as_ref()
+            .map(|b| b.summary())
+            .unwrap_or_else(|| "-".into());
+        if let Some(r) = &t.rebuild {
+            backfill = format!("{backfill}; rebuild {}", r.summary());
+        }
         println!(
-            "{:<32} {:<8} {:<14} {:>10} {:>6} {:>6}",
+            "{:<32} {:<8} {:<14} {:>10} {:>6} {:>6}  {backfill}",
             t.name,
             t.sink,
             offset,

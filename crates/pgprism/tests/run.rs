@@ -429,3 +429,344 @@ fn config_errors_name_the_key_path() {
         assert_eq!(err.lines().count(), 1, "one line: {err}");
     }
 }
+
+/// Existing orders (200,000 unless `PGPRISM_TEST_BACKFILL_ORDERS` says otherwise) are
+/// loaded into every read model while the application writes, through three kill -9s of
+/// the leader mid-backfill: each new life resumes exactly where the committed chunks end
+/// (none is read again), and the read models end equal to the ground truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_rows_are_backfilled_across_kill_9s_without_reading_a_committed_chunk_again() {
+    let orders: usize = std::env::var("PGPRISM_TEST_BACKFILL_ORDERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let pg = PgServer::start().unwrap();
+    let redis = RedisServer::start().unwrap();
+    let (db, dsn) = pg.fresh_database().unwrap();
+    pg.psql(
+        &db,
+        &format!(
+            "{SCHEMA}\n{READ_MODELS}\n{}",
+            pgprism_testkit::shop::seed_sql(orders)
+        ),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pgprism.toml");
+    // Chunks of 2% of the orders, so the kills fall between many of them.
+    std::fs::write(
+        &config,
+        EXAMPLE.replace(
+            "chunk_size = 10000",
+            &format!("chunk_size = {}", (orders / 50).max(100)),
+        ),
+    )
+    .unwrap();
+    // (rows, chunks) committed; nothing before the first start creates pgprism's tables.
+    let committed = || -> (u64, u64) {
+        let state = pg
+            .psql(
+                &db,
+                "SELECT coalesce(backfill::json->>'rows', '0') || ' ' || coalesce(backfill::json->>'chunks', '0')
+                   FROM pgprism.offsets WHERE sink = 'order_read_model.pg'",
+            )
+            .unwrap_or_default();
+        let mut f = state
+            .lines()
+            .next()
+            .map(|s| {
+                s.split(' ')
+                    .map(|v| v.parse().unwrap_or(0))
+                    .collect::<Vec<u64>>()
+            })
+            .unwrap_or_default();
+        f.resize(2, 0);
+        (f[0], f[1])
+    };
+    let mut workload: Option<tokio::task::JoinHandle<()>> = None;
+    let mut resumed = Vec::new();
+    let mut last = 0;
+    let began = Instant::now();
+    for life in 0..4 {
+        eprintln!("{:?}: life {life} starts", began.elapsed());
+        let replica = start_replica(&format!("r{life}"), &config, &dsn, &redis.url(), dir.path());
+        let (rows_then, _) = committed();
+        // The new life says where the pipeline resumes: exactly at the committed chunks.
+        let ready = eventually_or(
+            "the leader is ready",
+            Duration::from_secs(60),
+            || {
+                replica
+                    .log()
+                    .lines()
+                    .find(|l| l.contains("target ready") && l.contains("order_read_model.pg "))
+                    .map(str::to_owned)
+            },
+            || replica.log(),
+        );
+        if life == 0 {
+            // The application writes throughout, from the first leader's start on.
+            let client = pg.client(&db).await.unwrap();
+            workload = Some(tokio::spawn(async move {
+                pgprism_testkit::shop::workload_on_existing(&client, 1_500, 33).await;
+            }));
+        }
+        if life > 0 {
+            assert!(
+                ready.contains(&format!("backfill_rows={rows_then}")),
+                "life {life} resumes at the {rows_then} rows committed before: {ready}"
+            );
+            resumed.push(rows_then);
+        }
+        if life == 3 {
+            // The last life finishes; the backfill's metrics are on /metrics meanwhile.
+            let (_, m) = eventually_or(
+                "backfill metrics",
+                Duration::from_secs(30),
+                || {
+                    get(replica.port, "/metrics")
+                        .filter(|(_, m)| m.contains("pgprism_backfill_rows_total"))
+                },
+                || replica.log(),
+            );
+            assert!(m.contains("pgprism_backfill_remaining_estimate"), "{m}");
+            workload.take().expect("started").await.unwrap();
+            eprintln!("{:?}: workload done", began.elapsed());
+            let truth = "SELECT * FROM order_read_model_truth";
+            let model = "SELECT * FROM order_read_model";
+            eventually_or(
+                "order_read_model equals the ground truth",
+                Duration::from_secs(300),
+                || (rows(&pg, &db, truth) == rows(&pg, &db, model)).then_some(()),
+                || replica.log(),
+            );
+            let mut conn = redis::Client::open(redis.url())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let truth = pg
+                .psql(
+                    &db,
+                    "SELECT id, status, item_count, total_cents FROM order_read_model_truth",
+                )
+                .unwrap();
+            let scan = |pattern: &'static str| {
+                let url = redis.url();
+                async move {
+                    let mut conn = redis::Client::open(url)
+                        .unwrap()
+                        .get_multiplexed_async_connection()
+                        .await
+                        .unwrap();
+                    let mut keys = Vec::new();
+                    let mut cursor = 0u64;
+                    loop {
+                        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(pattern)
+                            .arg("COUNT")
+                            .arg(10_000)
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap();
+                        keys.extend(batch);
+                        cursor = next;
+                        if cursor == 0 {
+                            return keys;
+                        }
+                    }
+                }
+            };
+            eprintln!("{:?}: order_read_model equals the truth", began.elapsed());
+            // The Redis targets load at their own pace: wait for their backfill to finish.
+            let offset_key =
+                pgprism_leader::redis_fence::offset_key("shop", "order_read_model.cache");
+            let started = Instant::now();
+            loop {
+                let state: Option<String> = redis::cmd("HGET")
+                    .arg(&offset_key)
+                    .arg("backfill")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                if state.as_deref().is_some_and(|s| s.contains("\"done\"")) {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(300),
+                    "the Redis target's backfill never finished: {state:?}\n{}",
+                    replica.log()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            eprintln!("{:?}: Redis backfilled", began.elapsed());
+            let keys = scan("order:*").await;
+            assert_eq!(
+                keys.len(),
+                truth.lines().count(),
+                "one Redis hash per order"
+            );
+            // Every hash against its truth row, a thousand per round trip.
+            let lines: Vec<Vec<&str>> = truth.lines().map(|l| l.split('|').collect()).collect();
+            for part in lines.chunks(1_000) {
+                let mut pipe = redis::pipe();
+                for f in part {
+                    pipe.cmd("HMGET")
+                        .arg(format!("order:{}", f[0]))
+                        .arg("status")
+                        .arg("item_count")
+                        .arg("total_cents");
+                }
+                let got: Vec<Vec<Option<String>>> = pipe.query_async(&mut conn).await.unwrap();
+                for (f, g) in part.iter().zip(got) {
+                    let want: Vec<Option<String>> =
+                        f[1..].iter().map(|v| Some((*v).to_owned())).collect();
+                    assert_eq!(g, want, "order:{}", f[0]);
+                }
+            }
+            let customers = scan("customer:*").await;
+            let want = pg.psql(&db, "SELECT count(*) FROM customers").unwrap();
+            assert_eq!(
+                customers.len().to_string(),
+                want.trim(),
+                "one JSON document per customer"
+            );
+            let status = pgprism()
+                .args(["status", "-c"])
+                .arg(&config)
+                .env("PGPRISM_SOURCE_DSN", &dsn)
+                .env("PGPRISM_SINKS_PG_DSN", &dsn)
+                .env("PGPRISM_SINKS_CACHE_URL", redis.url())
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&status.stdout);
+            assert!(
+                text.contains("done: "),
+                "status shows the backfill done:\n{text}"
+            );
+            break;
+        }
+        // Kill -9 once another tenth of the orders is committed.
+        let target = last + orders as u64 / 10;
+        eventually_or(
+            "the backfill commits more chunks",
+            Duration::from_secs(120),
+            || (committed().0 >= target).then_some(()),
+            || replica.log(),
+        );
+        let mut replica = replica;
+        replica.child.signal(Signal::Kill).unwrap();
+        replica
+            .child
+            .wait_timeout(Duration::from_secs(10))
+            .expect("killed");
+        last = committed().0;
+        assert!(
+            last < orders as u64,
+            "killed mid-backfill ({last} of {orders} rows)"
+        );
+    }
+    assert_eq!(resumed.len(), 3, "three lives resumed a backfill");
+    assert!(
+        resumed.windows(2).all(|w| w[0] < w[1]),
+        "each resumed further: {resumed:?}"
+    );
+    assert_eq!(
+        rows(&pg, &db, "SELECT count(*) FROM pgprism.dead_letters"),
+        vec!["0".to_owned()]
+    );
+}
+
+/// `pgprism rebuild` against a running leader: the command takes a new epoch, the leader
+/// steps down and the next life builds the shadow, swaps it in and carries on; the command
+/// follows the progress to the swap, and the read model equals the ground truth after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rebuild_command_swaps_a_rebuilt_read_model_in_under_a_running_leader() {
+    let pg = PgServer::start().unwrap();
+    let redis = RedisServer::start().unwrap();
+    let (db, dsn) = pg.fresh_database().unwrap();
+    pg.psql(
+        &db,
+        &format!(
+            "{SCHEMA}\n{READ_MODELS}\n{}",
+            pgprism_testkit::shop::seed_sql(3_000)
+        ),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pgprism.toml");
+    std::fs::write(
+        &config,
+        EXAMPLE.replace("chunk_size = 10000", "chunk_size = 500"),
+    )
+    .unwrap();
+    let a = start_replica("a", &config, &dsn, &redis.url(), dir.path());
+    let truth = "SELECT * FROM order_read_model_truth";
+    let model = "SELECT * FROM order_read_model";
+    eventually_or(
+        "the initial backfill loads the read model",
+        Duration::from_secs(120),
+        || (rows(&pg, &db, truth) == rows(&pg, &db, model)).then_some(()),
+        || a.log(),
+    );
+    // Drift, then rebuild while the application writes.
+    pg.psql(&db, "UPDATE order_read_model SET status = 'drifted'")
+        .unwrap();
+    let client = pg.client(&db).await.unwrap();
+    let workload = tokio::spawn(async move {
+        pgprism_testkit::shop::workload_on_existing(&client, 400, 8).await;
+    });
+    let out = tokio::task::spawn_blocking({
+        let (config, dsn, url) = (config.clone(), dsn.clone(), redis.url());
+        move || {
+            pgprism()
+                .args(["rebuild", "--projection", "order_read_model", "-c"])
+                .arg(&config)
+                .env("PGPRISM_SOURCE_DSN", &dsn)
+                .env("PGPRISM_SINKS_PG_DSN", &dsn)
+                .env("PGPRISM_SINKS_CACHE_URL", url)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "rebuild failed: {stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        a.log()
+    );
+    assert!(
+        stdout.contains("order_read_model.pg: swapped in")
+            && stdout.contains("rebuild of order_read_model done"),
+        "{stdout}"
+    );
+    workload.await.unwrap();
+    eventually_or(
+        "the rebuilt read model equals the ground truth",
+        Duration::from_secs(60),
+        || (rows(&pg, &db, truth) == rows(&pg, &db, model)).then_some(()),
+        || a.log(),
+    );
+    // An unknown projection is refused before anything changes.
+    let bad = pgprism()
+        .args(["rebuild", "--projection", "nope", "--no-wait", "-c"])
+        .arg(&config)
+        .env("PGPRISM_SOURCE_DSN", &dsn)
+        .env("PGPRISM_SINKS_PG_DSN", &dsn)
+        .env("PGPRISM_SINKS_CACHE_URL", redis.url())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success()
+            && err.contains(
+                "no projection named \"nope\" (projections: order_read_model, customers)"
+            ),
+        "{err}"
+    );
+}
