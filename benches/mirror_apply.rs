@@ -295,6 +295,11 @@ table = "public.target"
             ..BatchSpec::default()
         },
         takeover_after: Duration::from_secs(5),
+        // Measures the stream: nothing exists before the first start to load.
+        backfill: pgprism_sink::spec::BackfillSpec {
+            initial: false,
+            ..Default::default()
+        },
     }
 }
 

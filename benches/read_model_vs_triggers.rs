@@ -34,6 +34,8 @@
 
 mod common;
 
+use common::ORDER_QUERY;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,20 +60,6 @@ const SEED: u64 = 7;
 /// Workload transactions sent per round trip while loading (each keeps its own
 /// BEGIN/COMMIT).
 const TXNS_PER_SEND: usize = 50;
-
-/// The projection query of the sink tests (`crates/sink/tests/common/mod.rs`).
-const ORDER_QUERY: &str = "
-SELECT o.id, c.name AS customer_name, c.email AS customer_email, o.status,
-       coalesce(sum(i.quantity), 0)::int AS item_count,
-       coalesce(sum(i.quantity * i.unit_cents), 0)::int AS total_cents,
-       (SELECT p.name FROM order_items fi JOIN products p ON p.id = fi.product_id
-         WHERE fi.order_id = o.id ORDER BY fi.id LIMIT 1) AS first_item_name,
-       o.created_at, o.updated_at
-  FROM orders o
-  JOIN customers c ON c.id = o.customer_id
-  LEFT JOIN order_items i ON i.order_id = o.id
- WHERE o.id = ANY($1)
- GROUP BY o.id, c.name, c.email";
 
 /// The seed's change capture: row triggers writing affected order ids into an events table.
 const TRIGGERS: &str = r#"
@@ -559,6 +547,11 @@ table = "public.order_read_model"
         projections: vec![projection],
         batch: BatchSpec::default(),
         takeover_after: Duration::from_secs(5),
+        // Measures the stream: nothing exists before the first start to load.
+        backfill: pgprism_sink::spec::BackfillSpec {
+            initial: false,
+            ..Default::default()
+        },
     }
 }
 
