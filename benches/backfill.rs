@@ -66,8 +66,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, TryStreamExt};
 use pgprism_decoder::Lsn;
-use pgprism_decoder::stream::{ReplicationStream, SourceDsn, StreamConfig};
+use pgprism_decoder::stream::{ReplicationStream, StreamConfig};
 use pgprism_leader::Epoch;
+use pgprism_pg::Dsn;
 use pgprism_sink::drive::{DriveOptions, drive};
 use pgprism_sink::spec::{BackfillSpec, BatchSpec, ProjectionSpec, SinkSpec};
 use pgprism_sink::{FlushReport, Projector, ProjectorConfig};
@@ -169,7 +170,7 @@ impl Dbs<'_> {
         ProjectorConfig {
             pipeline: pipeline.to_owned(),
             epoch: Epoch(epoch),
-            source: SourceDsn::parse(&self.src_dsn).unwrap(),
+            source: Dsn::parse(&self.src_dsn).unwrap(),
             sinks: BTreeMap::from([(SINK.to_owned(), SinkSpec::postgres(&self.sink_dsn))]),
             projections: projections.iter().map(|p| projection(p)).collect(),
             batch: BatchSpec::default(),
@@ -223,7 +224,7 @@ impl Dbs<'_> {
     }
 
     async fn stream(&self, start: Lsn) -> ReplicationStream {
-        let mut cfg = StreamConfig::new(SourceDsn::parse(&self.src_dsn).unwrap(), SLOT, SLOT);
+        let mut cfg = StreamConfig::new(Dsn::parse(&self.src_dsn).unwrap(), SLOT, SLOT);
         cfg.start_lsn = start;
         ReplicationStream::open(cfg).await.expect("open the stream")
     }

@@ -28,10 +28,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use pgprism_decoder::stream::{
-    ChangeKind, ReplicationStream, SourceDsn, StreamConfig, StreamEvent, TxnChunk,
-};
+use pgprism_decoder::stream::{ChangeKind, ReplicationStream, StreamConfig, StreamEvent, TxnChunk};
 use pgprism_leader::Epoch;
+use pgprism_pg::Dsn;
 use pgprism_sink::spec::{BatchSpec, ProjectionSpec, SinkSpec};
 use pgprism_sink::{FlushReport, Projector, ProjectorConfig};
 
@@ -242,7 +241,7 @@ COMMIT;"
 
 /// Read every change of the slot up to the `rows`-th row into memory.
 async fn decode(dsn: &str, rows: u64) -> Vec<TxnChunk> {
-    let cfg = StreamConfig::new(SourceDsn::parse(dsn).unwrap(), "bench", "bench");
+    let cfg = StreamConfig::new(Dsn::parse(dsn).unwrap(), "bench", "bench");
     let mut stream = ReplicationStream::open(cfg).await.expect("open the slot");
     let mut chunks = Vec::new();
     let mut seen = 0u64;
@@ -286,7 +285,7 @@ table = "public.target"
     ProjectorConfig {
         pipeline: format!("bench_{round}"),
         epoch: Epoch(1),
-        source: SourceDsn::parse(src_dsn).unwrap(),
+        source: Dsn::parse(src_dsn).unwrap(),
         sinks: BTreeMap::from([("sink".to_owned(), SinkSpec::postgres(sink_dsn))]),
         projections: vec![projection],
         batch: BatchSpec {

@@ -41,8 +41,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgprism_decoder::Lsn;
-use pgprism_decoder::stream::{ReplicationStream, SourceDsn, StreamConfig};
+use pgprism_decoder::stream::{ReplicationStream, StreamConfig};
 use pgprism_leader::Epoch;
+use pgprism_pg::Dsn;
 use pgprism_sink::drive::{DriveOptions, drive};
 use pgprism_sink::spec::{BatchSpec, ProjectionSpec, SinkSpec};
 use pgprism_sink::{FlushReport, Projector, ProjectorConfig};
@@ -542,7 +543,7 @@ table = "public.order_read_model"
     ProjectorConfig {
         pipeline: "bench".to_owned(),
         epoch: Epoch(1),
-        source: SourceDsn::parse(dsn).unwrap(),
+        source: Dsn::parse(dsn).unwrap(),
         sinks: BTreeMap::from([("pg".to_owned(), SinkSpec::postgres(dsn))]),
         projections: vec![projection],
         batch: BatchSpec::default(),
@@ -566,7 +567,7 @@ async fn run_pgprism(cfg: &ProjectorConfig, dsn: &str, until: Lsn) -> (Duration,
     };
     let mut reports = Vec::new();
     let t = Instant::now();
-    let mut stream_cfg = StreamConfig::new(SourceDsn::parse(dsn).unwrap(), "pgprism", "pgprism");
+    let mut stream_cfg = StreamConfig::new(Dsn::parse(dsn).unwrap(), "pgprism", "pgprism");
     stream_cfg.start_lsn = projector.resume_lsn();
     let mut stream = ReplicationStream::open(stream_cfg).await.expect("stream");
     tokio::time::timeout(

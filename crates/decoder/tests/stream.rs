@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use pgprism_decoder::pgoutput::{TupleValue, Value};
 use pgprism_decoder::stream::{
-    ChangeKind, ReplicationStream, SlotCreation, SourceDsn, StreamConfig, StreamEvent,
+    ChangeKind, ReplicationStream, SlotCreation, StreamConfig, StreamEvent,
 };
+use pgprism_pg::Dsn;
 use pgprism_testkit::PgServer;
 
 /// The `id` of every inserted row in `chunk`, with its commit LSN.
@@ -98,7 +99,7 @@ async fn backfill_under_the_exported_snapshot_plus_stream_is_every_row_once() {
     let w = writer(&pg, &db, stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let mut cfg = StreamConfig::new(SourceDsn::parse(&dsn).unwrap(), "snap", "p");
+    let mut cfg = StreamConfig::new(Dsn::parse(&dsn).unwrap(), "snap", "p");
     cfg.create_slot = Some(SlotCreation { temporary: false });
     let backfilled = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
     let sink = backfilled.clone();
@@ -197,7 +198,7 @@ async fn a_terminated_walsender_is_survived_without_repeats() {
     .unwrap();
     // The consumer acknowledges only every 37th transaction, so after each kill Postgres
     // re-sends transactions the stream already handed on: those must not repeat.
-    let cfg = StreamConfig::new(SourceDsn::parse(&dsn).unwrap(), "s", "p");
+    let cfg = StreamConfig::new(Dsn::parse(&dsn).unwrap(), "s", "p");
     let mut stream = ReplicationStream::open(cfg).await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let w = writer(&pg, &db, stop.clone());

@@ -14,9 +14,9 @@
 
 use std::time::Duration;
 
-use pgprism_decoder::stream::SourceDsn;
+use pgprism_pg::Dsn;
 use tokio::sync::watch;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::{Epoch, LeaderError, schema};
 
@@ -77,7 +77,7 @@ pub fn lock_key(pipeline: &str) -> i64 {
 #[derive(Debug)]
 pub struct Election {
     cfg: LeaderConfig,
-    dsn: SourceDsn,
+    dsn: Dsn,
 }
 
 /// Being the leader. Dropping it ends the lock session, which releases the lock.
@@ -120,7 +120,7 @@ impl Drop for Leadership {
 
 impl Election {
     /// A candidacy for `cfg.pipeline` on the source at `dsn`.
-    pub fn new(cfg: LeaderConfig, dsn: SourceDsn) -> Election {
+    pub fn new(cfg: LeaderConfig, dsn: Dsn) -> Election {
         Election { cfg, dsn }
     }
 
@@ -211,16 +211,10 @@ impl Election {
 
     /// A new session for the election: state tables exist and our lock key is ours.
     async fn connect(&self, key: i64) -> Result<Session, LeaderError> {
-        let (client, connection) = self
-            .dsn
-            .sql_config()
-            .connect(NoTls)
+        let (client, connection) = pgprism_pg::connect(&self.dsn.named("pgprism election"))
             .await
             .map_err(LeaderError::db("connecting to the source for the election"))?;
-        let session = Session {
-            client,
-            connection: tokio::spawn(connection),
-        };
+        let session = Session { client, connection };
         schema::ensure_source(&session.client).await?;
         self.register_key(&session.client, key).await?;
         Ok(session)

@@ -47,7 +47,7 @@ pub enum LeaderError {
         other: String,
     },
     /// A database error.
-    #[error("{context}: {}", pgprism_decoder::stream::pg_error_text(source))]
+    #[error("{context}: {}", pgprism_pg::error_text(source))]
     Db {
         /// What we were doing.
         context: &'static str,

@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use pgprism_decoder::Lsn;
-use pgprism_decoder::stream::SourceDsn;
 use pgprism_leader::{Election, Epoch, LeaderConfig, LeaderError, Leadership, Offset, PgFence};
+use pgprism_pg::Dsn;
 use pgprism_testkit::PgServer;
 use tokio::sync::watch;
 
@@ -27,7 +27,7 @@ fn campaign(
     watch::Sender<bool>,
     tokio::task::JoinHandle<Result<Option<Leadership>, LeaderError>>,
 ) {
-    let election = Election::new(cfg, SourceDsn::parse(dsn).unwrap());
+    let election = Election::new(cfg, Dsn::parse(dsn).unwrap());
     let (stop, rx) = watch::channel(false);
     (
         stop,

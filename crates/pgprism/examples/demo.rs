@@ -145,7 +145,7 @@ async fn demo() -> Result<bool, Error> {
     let redis = RedisServer::start()?;
     println!(
         "   postgres   {:<44} wal_level=logical; sql/schema.sql, sql/read_models.sql loaded, {EXISTING_ORDERS} orders already in it",
-        pgprism_decoder::stream::redact_dsn(&dsn)
+        pgprism_pg::redact_dsn(&dsn)
     );
     println!("   redis      {}", redis.url());
     println!("   started in {}", dur(t.elapsed()));

@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use pgprism_decoder::stream::{SourceDsn, pg_error_text, quote_ident};
 use pgprism_leader::Epoch;
-use tokio_postgres::{Client, NoTls};
+use pgprism_pg::{Dsn, error_text, quote_ident};
+use tokio_postgres::Client;
 
 use pgprism_sink::query::tables_without_statistics;
 use pgprism_sink::spec::{ProjectionKind, parse_table_name};
@@ -55,17 +55,16 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
         cfg.sinks.len(),
         cfg.projections.len()
     ));
-    let dsn = SourceDsn::parse(&cfg.source.dsn)?;
+    let dsn = Dsn::parse(&cfg.source.dsn)?;
     let mut source_client = None;
-    match dsn.sql_config().connect(NoTls).await {
+    match pgprism_pg::connect(&dsn).await {
         Err(e) => f.problem(&format!(
             "cannot connect to the source at {} as {:?}: {}; fix: check source.dsn, that the server runs, and pg_hba.conf",
             dsn.target(),
             dsn.user(),
-            pg_error_text(&e)
+            error_text(&e)
         )),
-        Ok((client, conn)) => {
-            tokio::spawn(conn);
+        Ok((client, _connection)) => {
             f.ok(&format!("source reachable at {} as {:?}", dsn.target(), dsn.user()));
             source(&cfg, &dsn, &client, &mut f).await?;
             source_client = Some(client);
@@ -110,7 +109,7 @@ async fn statistics(cfg: &Config, client: &Client, f: &mut Findings) {
             Err(e) => f.warning(&format!(
                 "projection {:?}: could not read planner statistics: {}",
                 p.name,
-                pg_error_text(&e)
+                error_text(&e)
             )),
         }
     }
@@ -123,12 +122,12 @@ where
     Ok(client
         .query_one(sql, &[])
         .await
-        .map_err(|e| anyhow::anyhow!("{sql}: {}", pg_error_text(&e)))?
+        .map_err(|e| anyhow::anyhow!("{sql}: {}", error_text(&e)))?
         .get(0))
 }
 
 /// The source's settings, role, publication and slot.
-async fn source(cfg: &Config, dsn: &SourceDsn, c: &Client, f: &mut Findings) -> anyhow::Result<()> {
+async fn source(cfg: &Config, dsn: &Dsn, c: &Client, f: &mut Findings) -> anyhow::Result<()> {
     let server = dsn.target();
     let wal_level: String = one(c, "SHOW wal_level").await?;
     if wal_level == "logical" {

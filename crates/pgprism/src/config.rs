@@ -102,7 +102,7 @@ fn yes() -> bool {
 impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Source")
-            .field("dsn", &pgprism_decoder::stream::redact_dsn(&self.dsn))
+            .field("dsn", &pgprism_pg::redact_dsn(&self.dsn))
             .field("slot", &self.slot)
             .field("publication", &self.publication)
             .field("tables", &self.tables)
@@ -293,7 +293,7 @@ impl Config {
                 "must be set (or PGPRISM_SOURCE_DSN), like postgres://user@host:5432/db",
             ));
         }
-        pgprism_decoder::stream::SourceDsn::parse(&self.source.dsn)
+        pgprism_pg::Dsn::parse(&self.source.dsn)
             .map_err(|e| key_err("source.dsn", e.to_string()))?;
         pgprism_decoder::stream::validate_slot_name(&self.source.slot)
             .map_err(|e| key_err("source.slot", e.to_string()))?;
@@ -352,7 +352,7 @@ impl Config {
         Ok(pgprism_sink::ProjectorConfig {
             pipeline: self.pipeline.clone(),
             epoch,
-            source: pgprism_decoder::stream::SourceDsn::parse(&self.source.dsn)?,
+            source: pgprism_pg::Dsn::parse(&self.source.dsn)?,
             sinks: self.sinks.clone(),
             projections: self.projections.clone(),
             batch: self.batch.clone(),

@@ -9,7 +9,7 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use pgprism_decoder::stream::SourceDsn;
+use pgprism_pg::Dsn;
 use pgprism_sink::dead_letter::{self, Action, Selection, Stored};
 
 /// `pgprism dlq …`
@@ -94,7 +94,7 @@ impl Select {
 }
 
 async fn connect(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
-    crate::session::connect(&SourceDsn::parse(dsn)?).await
+    crate::session::connect(&Dsn::parse(dsn)?).await
 }
 
 /// Whether the database has pgprism's dead-letter table.

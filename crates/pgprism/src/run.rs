@@ -16,10 +16,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use pgprism_decoder::stream::{
-    Backoff, ErrorClass, ReplicationStream, SlotCreation, SourceDsn, StreamConfig, pg_error_text,
-};
+use pgprism_decoder::stream::{Backoff, ErrorClass, ReplicationStream, SlotCreation, StreamConfig};
 use pgprism_leader::{Election, LeaderConfig, Leadership, slot};
+use pgprism_pg::{Dsn, error_text};
 use pgprism_sink::drive::{DriveError, DriveOptions, drive};
 use pgprism_sink::{Class, LagClock, Projector};
 use tokio::sync::watch;
@@ -56,7 +55,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         http::serve(&cfg.http.bind, recorder, health.clone()).await?;
     }
     let stop = stop_on_signals()?;
-    let dsn = SourceDsn::parse(&cfg.source.dsn)?;
+    let dsn = Dsn::parse(&cfg.source.dsn)?;
     let replica = cfg
         .leader
         .replica_id
@@ -145,7 +144,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// Lead until stopped, lost, fenced or failed.
 async fn lead(
     cfg: &Config,
-    dsn: &SourceDsn,
+    dsn: &Dsn,
     leadership: &mut Leadership,
     mut stop: watch::Receiver<bool>,
     health: &http::Health,
@@ -285,7 +284,7 @@ fn retryable(e: &anyhow::Error) -> bool {
 }
 
 /// Update the lag and slot metrics every second, also while a flush is stuck.
-async fn report(cfg: Config, dsn: SourceDsn, clock: Arc<LagClock>) {
+async fn report(cfg: Config, dsn: Dsn, clock: Arc<LagClock>) {
     let labels: Vec<(String, String)> = cfg
         .projections
         .iter()
@@ -340,7 +339,7 @@ async fn report(cfg: Config, dsn: SourceDsn, clock: Arc<LagClock>) {
 
 /// Emit a non-transactional logical message every `every`, so that an idle database
 /// produces something to acknowledge and the slot keeps moving.
-async fn emit_heartbeats(dsn: SourceDsn, every: Duration) {
+async fn emit_heartbeats(dsn: Dsn, every: Duration) {
     let mut client: Option<tokio_postgres::Client> = None;
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
@@ -354,7 +353,7 @@ async fn emit_heartbeats(dsn: SourceDsn, every: Duration) {
                 )
                 .await
         {
-            tracing::debug!(error = %pg_error_text(&e), "heartbeat message failed");
+            tracing::debug!(error = %error_text(&e), "heartbeat message failed");
         }
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use pgprism_decoder::stream::{SourceDsn, pg_error_text, quote_ident};
+use pgprism_pg::{Dsn, error_text, quote_ident};
 
 use crate::config::Config;
 
@@ -38,7 +38,7 @@ pub async fn run(args: SlotArgs) -> anyhow::Result<()> {
         .config
         .context("slot needs -c FILE (or PGPRISM_CONFIG)")?;
     let cfg = Config::load(&path, std::env::vars())?;
-    let dsn = SourceDsn::parse(&cfg.source.dsn)?;
+    let dsn = Dsn::parse(&cfg.source.dsn)?;
     let client = crate::session::connect(&dsn).await?;
     let slot = &cfg.source.slot;
     let publication = &cfg.source.publication;
@@ -49,7 +49,7 @@ pub async fn run(args: SlotArgs) -> anyhow::Result<()> {
                 .query_opt(sql, &[&name])
                 .await
                 .map(|r| r.is_some())
-                .map_err(|e| anyhow::anyhow!("{}", pg_error_text(&e)))
+                .map_err(|e| anyhow::anyhow!("{}", error_text(&e)))
         }
     };
     match args.command {
@@ -84,10 +84,7 @@ pub async fn run(args: SlotArgs) -> anyhow::Result<()> {
                     ))
                     .await
                     .map_err(|e| {
-                        anyhow::anyhow!(
-                            "creating publication {publication:?}: {}",
-                            pg_error_text(&e)
-                        )
+                        anyhow::anyhow!("creating publication {publication:?}: {}", error_text(&e))
                     })?;
                 println!("publication {publication:?} created for {tables}");
             }
@@ -105,7 +102,7 @@ pub async fn run(args: SlotArgs) -> anyhow::Result<()> {
                         &[slot],
                     )
                     .await
-                    .map_err(|e| anyhow::anyhow!("creating slot {slot:?}: {}", pg_error_text(&e)))?
+                    .map_err(|e| anyhow::anyhow!("creating slot {slot:?}: {}", error_text(&e)))?
                     .get(0);
                 println!("slot {slot:?} created at {lsn}");
             }
@@ -131,7 +128,7 @@ pub async fn run(args: SlotArgs) -> anyhow::Result<()> {
             client
                 .execute("SELECT pg_drop_replication_slot($1)", &[slot])
                 .await
-                .map_err(|e| anyhow::anyhow!("dropping slot {slot:?}: {}", pg_error_text(&e)))?;
+                .map_err(|e| anyhow::anyhow!("dropping slot {slot:?}: {}", error_text(&e)))?;
             println!("slot {slot:?} dropped");
         }
         SlotCommand::Info => {

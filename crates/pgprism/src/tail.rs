@@ -12,8 +12,9 @@ use anyhow::Context;
 use clap::Args;
 use pgprism_decoder::Lsn;
 use pgprism_decoder::stream::{
-    Backoff, ReplicationStream, SlotCreation, SourceDsn, StreamConfig, StreamEvent,
+    Backoff, ReplicationStream, SlotCreation, StreamConfig, StreamEvent,
 };
+use pgprism_pg::Dsn;
 
 use crate::jsonl;
 
@@ -100,7 +101,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let from_lsn = parse_lsn("from-lsn", &args.from_lsn)?;
     let until_lsn = parse_lsn("until-lsn", &args.until_lsn)?;
-    let dsn = SourceDsn::parse(&args.dsn)?;
+    let dsn = Dsn::parse(&args.dsn)?;
     let mut cfg = StreamConfig::new(dsn, args.slot, args.publication);
     cfg.start_lsn = from_lsn.unwrap_or(Lsn::ZERO);
     cfg.acknowledge = !args.no_ack;

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use pgprism_decoder::Lsn;
-use pgprism_decoder::stream::{quote_ident, quote_literal};
 use pgprism_leader::Offset;
+use pgprism_pg::{quote_ident, quote_literal};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 

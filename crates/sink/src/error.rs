@@ -6,8 +6,9 @@
 //! ([`Class::Fatal`]).
 
 use pgprism_decoder::pgoutput::DecodeError;
-use pgprism_decoder::stream::{ErrorClass, pg_error_text, sqlstate_class};
+use pgprism_decoder::stream::{ErrorClass, sqlstate_class};
 use pgprism_leader::LeaderError;
+use pgprism_pg::error_text;
 use redis::RetryMethod;
 
 /// What to do about an error.
@@ -40,7 +41,7 @@ pub enum SinkError {
     #[error(transparent)]
     Leader(#[from] LeaderError),
     /// A Postgres error.
-    #[error("{target}: {context}: {}", pg_error_text(source))]
+    #[error("{target}: {context}: {}", error_text(source))]
     Postgres {
         /// The projection or target.
         target: String,
@@ -53,7 +54,7 @@ pub enum SinkError {
     /// A Postgres server could not be reached.
     #[error(
         "{target}: cannot connect to Postgres at {server}: {}",
-        pg_error_text(source)
+        error_text(source)
     )]
     Connect {
         /// The projection or target.

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use pgprism_decoder::Lsn;
 use pgprism_decoder::stream::{Backoff, ChangeKind};
 use pgprism_leader::{Offset, PgFence};
+use pgprism_pg::Dsn;
 use tokio::sync::oneshot;
-use tokio_postgres::{Client, Config, GenericClient, NoTls};
+use tokio_postgres::{Client, GenericClient};
 
 use crate::backfill::{Backfill, Chunk, chunk_position};
 use crate::batch::{Batch, Entry, Key, Position, Shape, key_from_json, key_json, op_from_json};
@@ -47,7 +48,7 @@ enum Pending {
 
 /// A Postgres target's session, table and fence.
 pub(crate) struct PgWriter {
-    pub(crate) config: Config,
+    pub(crate) dsn: Dsn,
     /// Shared with a background flush ([`InFlight`]); never used while one runs.
     pub(crate) client: Arc<Client>,
     pub(crate) table: Arc<PgTable>,
@@ -121,7 +122,7 @@ pub struct Lane {
     pub(crate) sink: String,
     logic: Logic,
     writer: Writer,
-    source_config: Config,
+    source_dsn: Dsn,
     source: Option<Client>,
     dead: DeadLetters,
     pending: Option<Pending>,
@@ -225,29 +226,17 @@ impl std::fmt::Debug for Lane {
     }
 }
 
-/// Connect a plain SQL session with the text formats pgprism reads and writes.
-pub(crate) async fn connect(config: &Config, what: &str) -> Result<Client, SinkError> {
-    let (client, connection) =
-        config
-            .connect(NoTls)
+/// Connect a SQL session (TLS as the DSN asks, the text formats pgprism reads and
+/// writes) for `what`, a target or the source.
+pub(crate) async fn connect(dsn: &Dsn, what: &str) -> Result<Client, SinkError> {
+    let (client, _connection) =
+        pgprism_pg::connect(dsn)
             .await
             .map_err(|source| SinkError::Connect {
                 target: what.to_owned(),
-                server: server_of(config),
+                server: dsn.target(),
                 source,
             })?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "sink connection ended");
-        }
-    });
-    client
-        .batch_execute(
-            "SET DateStyle = ISO; SET IntervalStyle = postgres; SET TimeZone = 'UTC'; \
-             SET extra_float_digits = 3; SET client_min_messages = warning",
-        )
-        .await
-        .map_err(SinkError::pg(what, "setting session formats"))?;
     Ok(client)
 }
 
@@ -262,17 +251,6 @@ pub(crate) fn acknowledgeable(offset: Offset) -> Lsn {
     }
 }
 
-/// `host:port` of a session config, for messages.
-fn server_of(config: &Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    format!("{host}:{port}")
-}
-
 impl Lane {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
@@ -282,7 +260,7 @@ impl Lane {
         pipeline: &str,
         logic: Logic,
         writer: Writer,
-        source_config: Config,
+        source_dsn: Dsn,
         shape: Option<Arc<Shape>>,
         stored: Offset,
         detach_after: Duration,
@@ -299,7 +277,7 @@ impl Lane {
             sink,
             logic,
             writer,
-            source_config,
+            source_dsn,
             source: None,
             pending: None,
             pending_changes: 0,
@@ -594,7 +572,7 @@ impl Lane {
         };
         let batch = batch.clone();
         if s == 1 && w.alt.as_ref().is_none_or(|a| a.client.is_closed()) {
-            let client = match connect(&w.config, &self.name).await {
+            let client = match connect(&w.dsn, &self.name).await {
                 Ok(c) => c,
                 Err(e) => {
                     // Too many connections, say: go on with one session.
@@ -636,7 +614,7 @@ impl Lane {
                 &self.dead,
                 &mut self.logic,
                 &mut self.source,
-                &self.source_config,
+                &self.source_dsn,
                 &table,
                 &batch.shape,
                 &self.name,
@@ -895,7 +873,7 @@ impl Lane {
         if let Writer::Postgres(w) = &mut self.writer
             && w.client.is_closed()
         {
-            match connect(&w.config, &self.name).await {
+            match connect(&w.dsn, &self.name).await {
                 Ok(c) => {
                     w.client = Arc::new(c);
                     w.in_tx = false;
@@ -918,7 +896,7 @@ impl Lane {
 
     async fn source(&mut self) -> Result<&Client, SinkError> {
         if self.source.is_none() {
-            self.source = Some(connect(&self.source_config, &self.name).await?);
+            self.source = Some(connect(&self.source_dsn, &self.name).await?);
         }
         Ok(self.source.as_ref().expect("connected above"))
     }
@@ -1148,7 +1126,7 @@ impl Lane {
                 let (client, table) = (&*w.client, &w.table);
                 let cols = shape
                     .key_names()
-                    .map(|n| format!("{}::text", pgprism_decoder::stream::quote_ident(n)))
+                    .map(|n| format!("{}::text", pgprism_pg::quote_ident(n)))
                     .collect::<Vec<_>>()
                     .join(", ");
                 let rows = client
@@ -1233,7 +1211,7 @@ impl Lane {
                             &self.dead,
                             &mut self.logic,
                             &mut self.source,
-                            &self.source_config,
+                            &self.source_dsn,
                             table,
                             shape,
                             &self.name,
@@ -1286,7 +1264,7 @@ impl Lane {
                 let source = match &self.source {
                     Some(s) if !s.is_closed() => s,
                     _ => {
-                        self.source = Some(connect(&self.source_config, &self.name).await?);
+                        self.source = Some(connect(&self.source_dsn, &self.name).await?);
                         self.source.as_ref().expect("connected above")
                     }
                 };
@@ -1633,7 +1611,7 @@ async fn requests_pg(
     dead: &DeadLetters,
     logic: &mut Logic,
     source: &mut Option<Client>,
-    source_config: &Config,
+    source_dsn: &Dsn,
     table: &PgTable,
     shape: &Arc<Shape>,
     name: &str,
@@ -1654,7 +1632,7 @@ async fn requests_pg(
             continue;
         };
         if matches!(logic, Logic::Query(_)) && source.as_ref().is_none_or(Client::is_closed) {
-            *source = Some(connect(source_config, name).await?);
+            *source = Some(connect(source_dsn, name).await?);
         }
         let batch = match retry_batch(logic, source.as_ref(), shape, &key, &letters).await? {
             Retry::Apply(b) => b,

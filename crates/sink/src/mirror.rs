@@ -112,9 +112,9 @@ impl Mirror {
                      not say which row; fix: ALTER TABLE {} REPLICA IDENTITY FULL",
                     rel.columns[k].name,
                     self.qualified,
-                    pgprism_decoder::stream::quote_ident(&self.schema)
+                    pgprism_pg::quote_ident(&self.schema)
                         + "."
-                        + &pgprism_decoder::stream::quote_ident(&self.table)
+                        + &pgprism_pg::quote_ident(&self.table)
                 ),
             ));
         }

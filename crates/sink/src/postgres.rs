@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::{Bytes, BytesMut};
 use futures_util::SinkExt;
 use pgprism_decoder::pgoutput::TupleValue;
-use pgprism_decoder::stream::quote_ident;
+use pgprism_pg::quote_ident;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{GenericClient, SimpleQueryMessage};
 

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::future::join_all;
 use pgprism_decoder::Lsn;
 use pgprism_decoder::pgoutput::{Column, Relation, ReplicaIdentity};
-use pgprism_decoder::stream::{ChangeKind, SourceDsn, TxnChunk};
+use pgprism_decoder::stream::{ChangeKind, TxnChunk};
 use pgprism_leader::{Epoch, Offset, PgFence};
+use pgprism_pg::Dsn;
 use tokio_postgres::Client;
 
 use crate::adaptive::Adaptive;
@@ -44,7 +45,7 @@ pub struct ProjectorConfig {
     /// The leader's epoch: every sink write is fenced with it.
     pub epoch: Epoch,
     /// The source database (catalog lookups, query projections).
-    pub source: SourceDsn,
+    pub source: Dsn,
     /// Sinks by name.
     pub sinks: BTreeMap<String, SinkSpec>,
     /// The projections.
@@ -248,7 +249,7 @@ pub async fn check(cfg: &ProjectorConfig) -> Vec<SinkError> {
         problems.push(SinkError::config("config", e.to_string()));
         return problems;
     }
-    let source = match connect(&cfg.source.sql_config(), "source").await {
+    let source = match connect(&cfg.source.named("pgprism source"), "source").await {
         Ok(s) => s,
         Err(e) => {
             problems.push(e);
@@ -279,9 +280,9 @@ pub async fn check(cfg: &ProjectorConfig) -> Vec<SinkError> {
             match (sink.kind, &sink.dsn, &sink.url) {
                 (SinkKind::Postgres, Some(dsn), _) => {
                     let result = async {
-                        let dsn = SourceDsn::parse(dsn)
+                        let dsn = Dsn::parse(dsn)
                             .map_err(|e| SinkError::config(&target, e.to_string()))?;
-                        let client = connect(&dsn.sql_config(), &target).await?;
+                        let client = connect(&dsn.named(&format!("pgprism sink {target}")), &target).await?;
                         if sinks_ok.insert(t.sink.clone(), true).is_none() {
                             let can: bool = client
                                 .query_one(
@@ -300,8 +301,8 @@ pub async fn check(cfg: &ProjectorConfig) -> Vec<SinkError> {
                                         "user {:?} cannot create pgprism's state tables in sink {:?}; fix: GRANT CREATE ON DATABASE {} TO {} (or create schema pgprism for it)",
                                         dsn.user(),
                                         t.sink,
-                                        pgprism_decoder::stream::quote_ident(dsn.dbname()),
-                                        pgprism_decoder::stream::quote_ident(dsn.user())
+                                        pgprism_pg::quote_ident(dsn.dbname()),
+                                        pgprism_pg::quote_ident(dsn.user())
                                     ),
                                 ));
                             }
@@ -323,8 +324,7 @@ pub async fn check(cfg: &ProjectorConfig) -> Vec<SinkError> {
                         continue;
                     }
                     let result = async {
-                        let client = redis::Client::open(url.as_str())
-                            .map_err(SinkError::redis(&target, "parsing the Redis URL"))?;
+                        let client = crate::redis::open(sink, &target)?;
                         let mut conn = tokio::time::timeout(
                             Duration::from_secs(5),
                             client.get_multiplexed_async_connection(),
@@ -455,13 +455,12 @@ async fn pg_writer(
     initial: Option<&str>,
 ) -> Result<(PgWriter, Offset), SinkError> {
     let target = t.target;
-    let dsn = SourceDsn::parse(t.dsn)
+    let dsn = Dsn::parse(t.dsn)
         .map_err(|e| SinkError::config(target, format!("sinks.{}.dsn: {e}", t.sink)))?;
-    let mut config = dsn.sql_config();
-    config
-        .options(timeouts)
-        .application_name(format!("pgprism sink {target}"));
-    let client = connect(&config, target).await?;
+    let dsn = dsn
+        .named(&format!("pgprism sink {target}"))
+        .with_options(timeouts);
+    let client = connect(&dsn, target).await?;
     dead_letter::ensure(&client).await?;
     let table = PgTable::load(&client, target, t.schema, t.table).await?;
     if let Some(shape) = shape {
@@ -478,7 +477,7 @@ async fn pg_writer(
     .await?;
     Ok((
         PgWriter {
-            config,
+            dsn,
             client: Arc::new(client),
             table: Arc::new(table),
             fence,
@@ -539,9 +538,8 @@ impl Projector {
             cfg.batch.lock_timeout.as_millis(),
             cfg.batch.statement_timeout.as_millis()
         );
-        let mut source_config = cfg.source.sql_config();
-        source_config.options(&timeouts);
-        let source = connect(&source_config, "source").await?;
+        let source_dsn = cfg.source.with_options(&timeouts);
+        let source = connect(&source_dsn.named("pgprism source"), "source").await?;
         let mut dead_letters_on_source = false;
         let mut lanes = Vec::new();
         let mut shadows = Vec::new();
@@ -605,8 +603,7 @@ impl Projector {
                                     .await?;
                             tracing::info!(target_name = %shadow, offset = %shadow_stored.resume_lsn, table = %format!("{schema}.{shadow_table}"),
                                 "rebuilding beside the live table");
-                            let mut lane_source = source_config.clone();
-                            lane_source.application_name(format!("pgprism query {shadow}"));
+                            let lane_source = source_dsn.named(&format!("pgprism query {shadow}"));
                             let mut lane = Lane::new(
                                 shadow,
                                 name.clone(),
@@ -629,7 +626,7 @@ impl Projector {
                         }
                         (Writer::Postgres(Box::new(w)), stored)
                     }
-                    (SinkKind::Redis, _, Some(url)) => {
+                    (SinkKind::Redis, _, Some(_)) => {
                         if !dead_letters_on_source {
                             dead_letter::ensure(&source).await?;
                             dead_letters_on_source = true;
@@ -637,7 +634,7 @@ impl Projector {
                         let (w, stored) = RedisWriter::connect(
                             &cfg.pipeline,
                             &target,
-                            url,
+                            crate::redis::open(sink, &target)?,
                             t,
                             cfg.epoch,
                             initial.as_deref(),
@@ -662,8 +659,7 @@ impl Projector {
                     backfill = backfill.as_ref().map(|b| if b.state.running() { "running" } else { "done" }).unwrap_or("none"),
                     backfill_rows = backfill.as_ref().map_or(0, |b| b.state.rows),
                     "target ready");
-                let mut lane_source = source_config.clone();
-                lane_source.application_name(format!("pgprism query {target}"));
+                let lane_source = source_dsn.named(&format!("pgprism query {target}"));
                 lanes.push(Lane::new(
                     target,
                     name.clone(),

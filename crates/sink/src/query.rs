@@ -24,7 +24,8 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use indexmap::IndexMap;
 use pgprism_decoder::pgoutput::{OldTuple, Relation, ReplicaIdentity, TupleData, TupleValue};
-use pgprism_decoder::stream::{ChangeKind, quote_ident};
+use pgprism_decoder::stream::ChangeKind;
+use pgprism_pg::quote_ident;
 use tokio_postgres::types::{Format, IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, Row};
 

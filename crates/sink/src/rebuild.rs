@@ -23,8 +23,8 @@
 
 use std::sync::Arc;
 
-use pgprism_decoder::stream::{SourceDsn, quote_ident};
 use pgprism_leader::{Epoch, PgFence, RedisFence, supersede};
+use pgprism_pg::{Dsn, quote_ident};
 
 use crate::backfill::BackfillState;
 use crate::error::SinkError;
@@ -82,7 +82,7 @@ pub async fn request(cfg: &ProjectorConfig, projection: &str) -> Result<Requeste
             ),
         ));
     };
-    let source = connect(&cfg.source.sql_config(), "source").await?;
+    let source = connect(&cfg.source.named("pgprism source"), "source").await?;
     // Check every target before anything changes: a bad one must not depose the leader.
     let mut plans = Vec::new();
     for t in &p.targets {
@@ -93,9 +93,9 @@ pub async fn request(cfg: &ProjectorConfig, projection: &str) -> Result<Requeste
             .ok_or_else(|| SinkError::config(&target, format!("no sink named {:?}", t.sink)))?;
         match (sink.kind, &sink.dsn, &sink.url) {
             (SinkKind::Postgres, Some(dsn), _) => {
-                let dsn =
-                    SourceDsn::parse(dsn).map_err(|e| SinkError::config(&target, e.to_string()))?;
-                let client = connect(&dsn.sql_config(), &target).await?;
+                let dsn = Dsn::parse(dsn).map_err(|e| SinkError::config(&target, e.to_string()))?;
+                let client =
+                    connect(&dsn.named(&format!("pgprism sink {target}")), &target).await?;
                 let (schema, table) = t
                     .table
                     .as_deref()
@@ -115,8 +115,9 @@ pub async fn request(cfg: &ProjectorConfig, projection: &str) -> Result<Requeste
                 }
                 plans.push((target, Some((client, schema, table, shadow)), None));
             }
-            (SinkKind::Redis, _, Some(url)) => {
-                plans.push((target, None, Some(url.clone())));
+            (SinkKind::Redis, _, Some(_)) => {
+                let client = crate::redis::open(sink, &target)?;
+                plans.push((target, None, Some(client)));
             }
             _ => unreachable!("validated"),
         }
@@ -164,10 +165,8 @@ pub async fn request(cfg: &ProjectorConfig, projection: &str) -> Result<Requeste
                 return Err(SinkError::pg(&target, "creating the shadow table")(e));
             }
             targets.push((target, Some(format!("{schema}.{shadow}"))));
-        } else if let Some(url) = redis {
+        } else if let Some(client) = redis {
             state.rebuild_of = None;
-            let client = redis::Client::open(url.as_str())
-                .map_err(SinkError::redis(&target, "parsing the Redis URL"))?;
             let mut conn = client
                 .get_multiplexed_async_connection()
                 .await

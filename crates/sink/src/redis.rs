@@ -27,7 +27,9 @@ use redis::{AsyncCommands, Script, Value as RedisValue};
 
 use crate::batch::{Batch, Entry, Key, Op, Shape};
 use crate::error::SinkError;
-use crate::spec::{DEFAULT_REDIS_KEYS_PER_CALL, DEFAULT_TOMBSTONE_TTL, RedisFormat, TargetSpec};
+use crate::spec::{
+    DEFAULT_REDIS_KEYS_PER_CALL, DEFAULT_TOMBSTONE_TTL, RedisFormat, SinkSpec, TargetSpec,
+};
 
 /// The guard key of a data key.
 pub fn guard_key(key: &str) -> String {
@@ -127,18 +129,42 @@ pub struct Written {
     pub failed: Vec<(Key, String, String)>,
 }
 
+/// The client of a Redis sink: `redis://` plain, `rediss://` over TLS with the server's
+/// certificate checked against the sink's `ca_file`, or the operating system's roots.
+pub(crate) fn open(sink: &SinkSpec, target: &str) -> Result<redis::Client, SinkError> {
+    let url = sink.url.as_deref().unwrap_or_default();
+    let client = match &sink.ca_file {
+        None => {
+            pgprism_pg::install_crypto_provider();
+            redis::Client::open(url)
+        }
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                SinkError::config(target, format!("ca_file {}: {e}", path.display()))
+            })?;
+            pgprism_pg::install_crypto_provider();
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+        }
+    };
+    client.map_err(SinkError::redis(target, "parsing the Redis URL"))
+}
+
 impl RedisWriter {
     /// Connect, stamp our epoch on the target's offset, and return where to resume.
     pub async fn connect(
         pipeline: &str,
         target: &str,
-        url: &str,
+        client: redis::Client,
         spec: &TargetSpec,
         epoch: Epoch,
         backfill: Option<&str>,
     ) -> Result<(RedisWriter, Offset), SinkError> {
-        let client =
-            redis::Client::open(url).map_err(SinkError::redis(target, "parsing the Redis URL"))?;
         let mut conn = client
             .get_multiplexed_async_connection()
             .await

@@ -40,7 +40,7 @@ pub async fn rewind(
     from: Lsn,
     only: &[String],
 ) -> Result<Rewound, SinkError> {
-    let source = connect(&cfg.source.sql_config(), "source").await?;
+    let source = connect(&cfg.source.named("pgprism source"), "source").await?;
     let Some(oldest) = oldest_replayable(&source, slot).await? else {
         return Err(SinkError::config(
             "replay",

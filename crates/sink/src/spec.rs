@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
-use pgprism_decoder::stream::redact_dsn;
+use pgprism_pg::redact_dsn;
 use serde::{Deserialize, Serialize};
 
 /// Default upper bound on changes in one batch.
@@ -51,9 +51,13 @@ pub struct SinkSpec {
     /// Postgres: connection string (`postgres://…` or `key=value`).
     #[serde(default)]
     pub dsn: Option<String>,
-    /// Redis: `redis://[user:password@]host:port[/db]`.
+    /// Redis: `redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS.
     #[serde(default)]
     pub url: Option<String>,
+    /// Redis over TLS (`rediss://`): the CA certificate (PEM) the server's certificate
+    /// must chain to; without it, the operating system's roots.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl SinkSpec {
@@ -63,6 +67,7 @@ impl SinkSpec {
             kind: SinkKind::Postgres,
             dsn: Some(dsn.into()),
             url: None,
+            ca_file: None,
         }
     }
 
@@ -72,6 +77,7 @@ impl SinkSpec {
             kind: SinkKind::Redis,
             dsn: None,
             url: Some(url.into()),
+            ca_file: None,
         }
     }
 }
@@ -543,6 +549,12 @@ pub fn validate(
                     Some(dsn) if !dsn.trim().is_empty() => {}
                     _ => return Err(err(format!("{path}.dsn"), "a postgres sink needs `dsn`")),
                 }
+                if sink.ca_file.is_some() {
+                    return Err(err(
+                        format!("{path}.ca_file"),
+                        "is for redis sinks; a postgres sink names its CA in the DSN (sslrootcert=…)",
+                    ));
+                }
             }
             SinkKind::Redis => {
                 if sink.dsn.is_some() {
@@ -563,6 +575,17 @@ pub fn validate(
                         ));
                     }
                     None => return Err(err(format!("{path}.url"), "a redis sink needs `url`")),
+                }
+                if sink.ca_file.is_some()
+                    && !sink
+                        .url
+                        .as_deref()
+                        .is_some_and(|u| u.starts_with("rediss://"))
+                {
+                    return Err(err(
+                        format!("{path}.ca_file"),
+                        "is for TLS: use a rediss:// url with it",
+                    ));
                 }
             }
         }

@@ -74,7 +74,7 @@ pub struct TargetOffset {
 
 /// Read the status of the pipeline in `cfg` (`slot`: the replication slot's name).
 pub async fn read(cfg: &ProjectorConfig, slot: &str) -> Result<Status, SinkError> {
-    let source = connect(&cfg.source.sql_config(), "source").await?;
+    let source = connect(&cfg.source.named("pgprism source"), "source").await?;
     let pipeline = source
         .query_opt(
             "SELECT epoch, leader, extract(epoch FROM clock_timestamp() - heartbeat_at)::float8
@@ -156,9 +156,9 @@ async fn read_target(
     };
     let dead_letters_in = match (spec.kind, &spec.dsn, &spec.url) {
         (SinkKind::Postgres, Some(dsn), _) => {
-            let dsn = pgprism_decoder::stream::SourceDsn::parse(dsn)
-                .map_err(|e| SinkError::config(name, e.to_string()))?;
-            let client = connect(&dsn.sql_config(), name).await?;
+            let dsn =
+                pgprism_pg::Dsn::parse(dsn).map_err(|e| SinkError::config(name, e.to_string()))?;
+            let client = connect(&dsn.named(&format!("pgprism sink {name}")), name).await?;
             let row = client
                 .query_opt(
                     "SELECT resume_lsn::text, changes_done, epoch, backfill,
@@ -183,9 +183,8 @@ async fn read_target(
             }
             Some(client)
         }
-        (SinkKind::Redis, _, Some(url)) => {
-            let client = redis::Client::open(url.as_str())
-                .map_err(SinkError::redis(name, "parsing the Redis URL"))?;
+        (SinkKind::Redis, _, Some(_)) => {
+            let client = crate::redis::open(spec, name)?;
             let mut conn = tokio::time::timeout(
                 Duration::from_secs(5),
                 client.get_multiplexed_async_connection(),

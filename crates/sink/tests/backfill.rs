@@ -91,7 +91,8 @@ async fn targets_keep_streaming_while_an_added_target_backfills() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
-    use pgprism_decoder::stream::{ReplicationStream, SourceDsn, StreamConfig};
+    use pgprism_decoder::stream::{ReplicationStream, StreamConfig};
+    use pgprism_pg::Dsn;
     use pgprism_sink::drive::{DriveOptions, drive};
 
     let orders = existing_orders() * 2;
@@ -133,7 +134,7 @@ table = "public.orders_copy"
             cfg.projections.push(projection(orders_mirror));
         }
         let mut projector = pgprism_sink::Projector::start(&cfg).await.unwrap();
-        let mut scfg = StreamConfig::new(SourceDsn::parse(&env.dsn).unwrap(), "pgprism", "pgprism");
+        let mut scfg = StreamConfig::new(Dsn::parse(&env.dsn).unwrap(), "pgprism", "pgprism");
         scfg.start_lsn = projector.resume_lsn();
         let mut stream = ReplicationStream::open(scfg).await.unwrap();
         let stop_writing = Arc::new(AtomicBool::new(false));

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Env, projection};
-use pgprism_decoder::stream::{ReplicationStream, SourceDsn, StreamConfig};
+use pgprism_decoder::stream::{ReplicationStream, StreamConfig};
+use pgprism_pg::Dsn;
 use pgprism_sink::Projector;
 use pgprism_sink::drive::{DriveOptions, drive};
 use tokio::sync::watch;
@@ -48,8 +49,7 @@ async fn steady_small_transactions_are_grouped_and_lag_stays_bounded() {
     let cfg = env.config(vec![projection(MIRROR)], 1);
     let mut projector = Projector::start(&cfg).await.expect("projector starts");
     let clock = projector.lag_clock();
-    let mut stream_cfg =
-        StreamConfig::new(SourceDsn::parse(&env.dsn).unwrap(), "pgprism", "pgprism");
+    let mut stream_cfg = StreamConfig::new(Dsn::parse(&env.dsn).unwrap(), "pgprism", "pgprism");
     stream_cfg.start_lsn = projector.resume_lsn();
     let mut stream = ReplicationStream::open(stream_cfg).await.expect("stream");
 

@@ -7,7 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Env, PRODUCTS_MIRROR, assert_same, projection};
-use pgprism_decoder::stream::{ReplicationStream, SourceDsn, StreamConfig};
+use pgprism_decoder::stream::{ReplicationStream, StreamConfig};
+use pgprism_pg::Dsn;
 use pgprism_sink::Projector;
 use pgprism_sink::drive::{DriveError, DriveOptions, drive};
 use pgprism_testkit::RedisServer;
@@ -148,8 +149,7 @@ async fn a_deposed_leaders_batch_is_refused_by_every_target() {
         .unwrap();
     env.sql("UPDATE products SET name = 'stale' WHERE id = 1");
     let until = env.marker();
-    let mut stream_cfg =
-        StreamConfig::new(SourceDsn::parse(&env.dsn).unwrap(), "pgprism", "pgprism");
+    let mut stream_cfg = StreamConfig::new(Dsn::parse(&env.dsn).unwrap(), "pgprism", "pgprism");
     stream_cfg.start_lsn = old.resume_lsn();
     let mut stream = ReplicationStream::open(stream_cfg).await.unwrap();
     let (_tx, mut stop) = watch::channel(false);

@@ -216,27 +216,6 @@ pub fn sqlstate_class(code: &str) -> ErrorClass {
     }
 }
 
-/// A Postgres error for people: the server's message with its SQLSTATE, detail and hint
-/// (`tokio_postgres::Error`'s own `Display` says only "db error").
-pub fn pg_error_text(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-        if let Some(detail) = db.detail() {
-            text.push_str("; ");
-            text.push_str(detail);
-        }
-        if let Some(hint) = db.hint() {
-            text.push_str("; hint: ");
-            text.push_str(hint);
-        }
-        return text;
-    }
-    match std::error::Error::source(e) {
-        Some(source) => format!("{e}: {source}"),
-        None => e.to_string(),
-    }
-}
-
 fn io_class(kind: io::ErrorKind) -> ErrorClass {
     use io::ErrorKind::*;
     match kind {

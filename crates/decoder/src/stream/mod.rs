@@ -42,11 +42,9 @@ use tokio::sync::watch;
 
 pub use assemble::{Change, ChangeKind, TxnChunk, TxnEnd, TxnInfo};
 pub use backoff::Backoff;
-pub use error::{ErrorClass, StreamError, pg_error_text, sqlstate_class};
-pub use source::{
-    SourceDsn, quote_ident, quote_literal, redact_dsn, validate_publication_name,
-    validate_slot_name,
-};
+pub use error::{ErrorClass, StreamError, sqlstate_class};
+use pgprism_pg::{Dsn, SslMode, error_text, quote_ident, quote_literal};
+pub use source::{validate_publication_name, validate_slot_name};
 
 use crate::Lsn;
 use crate::pgoutput::LogicalMessage;
@@ -86,7 +84,7 @@ pub type Backfill<'a> = Box<
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
     /// The source database.
-    pub dsn: SourceDsn,
+    pub dsn: Dsn,
     /// The logical replication slot.
     pub slot: String,
     /// The publication.
@@ -113,7 +111,7 @@ pub struct StreamConfig {
 
 impl StreamConfig {
     /// A config with defaults for everything but the source, slot and publication.
-    pub fn new(dsn: SourceDsn, slot: impl Into<String>, publication: impl Into<String>) -> Self {
+    pub fn new(dsn: Dsn, slot: impl Into<String>, publication: impl Into<String>) -> Self {
         StreamConfig {
             dsn,
             slot: slot.into(),
@@ -515,9 +513,7 @@ async fn start_session(
     .with_buffer_size(TRANSPORT_BUFFER_EVENTS)
     .with_options(SESSION_OPTIONS)
     .with_application_name(cfg.application_name.clone());
-    if cfg.dsn.tls_required() {
-        rcfg = rcfg.with_tls(pgwire_replication::TlsConfig::require());
-    }
+    rcfg = rcfg.with_tls(replication_tls(&cfg.dsn));
     let mut client = ReplicationClient::connect_gated(rcfg)
         .await
         .map_err(|e| connect_error(e, &target))?;
@@ -716,24 +712,44 @@ fn qualified_table(name: &str) -> Result<String, StreamError> {
     Ok(format!("{}.{}", quote_ident(schema), quote_ident(table)))
 }
 
+/// The replication session's TLS: the same `sslmode`, root and client certificates as the
+/// DSN's SQL sessions (`pgprism_pg::TlsOptions`). Two differences of the transport:
+/// without `sslrootcert`, `verify-*` trust Mozilla's roots (webpki-roots), and
+/// `verify-full` refuses an IP address as the host.
+fn replication_tls(dsn: &Dsn) -> pgwire_replication::TlsConfig {
+    use pgwire_replication::SslMode as Wire;
+    let tls = dsn.tls();
+    let mode = match tls.mode() {
+        SslMode::Disable => Wire::Disable,
+        SslMode::VerifyFull => Wire::VerifyFull,
+        _ if tls.verifies_chain() => Wire::VerifyCa,
+        SslMode::Prefer => Wire::Prefer,
+        SslMode::Require | SslMode::VerifyCa => Wire::Require,
+    };
+    pgprism_pg::install_crypto_provider();
+    pgwire_replication::TlsConfig {
+        mode,
+        ca_pem_path: tls.root_cert().map(Into::into),
+        sni_hostname: None,
+        client_cert_pem_path: tls.client_cert().map(|(c, _)| c.into()),
+        client_key_pem_path: tls.client_cert().map(|(_, k)| k.into()),
+    }
+}
+
 /// The fallback of a clean stop: move the slot to `lsn` over a plain SQL session, waiting
 /// for the walsender to release the slot.
 async fn advance_slot(cfg: &StreamConfig, lsn: Lsn, until: Instant) -> Result<(), StreamError> {
     let target = cfg.dsn.target();
     let sql_err = |e: tokio_postgres::Error| StreamError::Server {
         sqlstate: e.code().map(|c| c.code().to_owned()),
-        message: pg_error_text(&e),
+        message: error_text(&e),
     };
-    let (client, conn) = cfg
-        .dsn
-        .sql_config()
-        .connect(tokio_postgres::NoTls)
+    let (client, conn) = pgprism_pg::connect(&cfg.dsn.named(&cfg.application_name))
         .await
         .map_err(|e| StreamError::Connect {
             target: target.clone(),
-            source: std::io::Error::other(pg_error_text(&e)),
+            source: std::io::Error::other(error_text(&e)),
         })?;
-    let conn = tokio::spawn(conn);
     let result = loop {
         let r = client
             .execute(

@@ -32,12 +32,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use pgprism_decoder::Lsn;
-use pgprism_decoder::stream::{SourceDsn, quote_ident};
 use pgprism_leader::{Election, LeaderConfig, LeaderError, Leadership, Offset, PgFence};
+use pgprism_pg::{Dsn, quote_ident};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 const USAGE: &str = "usage: pgprism-candidate --dsn DSN --pipeline NAME --replica ID \
     [--sink-table TABLE] [--retry-ms N] [--heartbeat-ms N] [--takeover-ms N] [--lsn-step N]";
@@ -52,7 +52,7 @@ type BoxError = Box<dyn Error + Send + Sync>;
 
 /// The command line.
 struct Args {
-    dsn: SourceDsn,
+    dsn: Dsn,
     cfg: LeaderConfig,
     sink_table: String,
     lsn_step: u64,
@@ -70,7 +70,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 .map_err(|e| format!("{flag}: {v:?} is not a number: {e}"))
         };
         match flag.as_str() {
-            "--dsn" => dsn = Some(SourceDsn::parse(&value).map_err(|e| e.to_string())?),
+            "--dsn" => dsn = Some(Dsn::parse(&value).map_err(|e| e.to_string())?),
             "--pipeline" => pipeline = Some(value),
             "--replica" => replica = Some(value),
             "--sink-table" => sink_table = value,
@@ -192,9 +192,7 @@ async fn write_batches(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Stop, BoxError> {
     let epoch = leadership.epoch();
-    let (mut sink, connection) = args.dsn.sql_config().connect(NoTls).await?;
-    // Ends when `sink` is dropped.
-    tokio::spawn(connection);
+    let (mut sink, _connection) = pgprism_pg::connect(&args.dsn).await?;
     let table = quote_ident(&args.sink_table);
     sink.batch_execute(&format!(
         "CREATE TABLE IF NOT EXISTS {table} (

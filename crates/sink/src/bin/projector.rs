@@ -71,8 +71,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use pgprism_decoder::Lsn;
-use pgprism_decoder::stream::{Backoff, ReplicationStream, SourceDsn, StreamConfig};
+use pgprism_decoder::stream::{Backoff, ReplicationStream, StreamConfig};
 use pgprism_leader::Epoch;
+use pgprism_pg::Dsn;
 use pgprism_sink::drive::{DriveOptions, drive};
 use pgprism_sink::spec::{BackfillSpec, BatchSpec, ProjectionSpec, SinkKind, SinkSpec};
 use pgprism_sink::{FlushReport, Projector, ProjectorConfig};
@@ -254,7 +255,7 @@ async fn run(
     failpoint: Option<Failpoint>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let source = SourceDsn::parse(&file.source.dsn).map_err(|e| format!("source.dsn: {e}"))?;
+    let source = Dsn::parse(&file.source.dsn).map_err(|e| format!("source.dsn: {e}"))?;
     let mut sinks = file.sinks;
     let mut after_sink_commit = None;
     match &failpoint {
@@ -333,7 +334,7 @@ async fn run(
 /// Open the stream at `start`, retrying while the server says "not now": a killed
 /// predecessor's walsender holds the slot until it notices the connection is gone.
 async fn open_stream(
-    source: &SourceDsn,
+    source: &Dsn,
     names: &Source,
     start: Lsn,
 ) -> Result<ReplicationStream, String> {
@@ -368,9 +369,9 @@ async fn intercept(name: &str, spec: &mut SinkSpec, trip: Arc<Tripwire>) -> Resu
     let refuse = |what: &str| format!("PGPRISM_FAILPOINT: sink {name:?}: {what}");
     match spec.kind {
         SinkKind::Postgres => {
-            let dsn = SourceDsn::parse(spec.dsn.as_deref().unwrap_or_default())
+            let dsn = Dsn::parse(spec.dsn.as_deref().unwrap_or_default())
                 .map_err(|e| refuse(&e.to_string()))?;
-            if dsn.tls_required() || dsn.host().starts_with('/') {
+            if dsn.tls().mode().requires_tls() || dsn.host().starts_with('/') {
                 return Err(refuse(
                     "the proxy reads plain TCP only (no TLS, no unix socket)",
                 ));
@@ -382,7 +383,7 @@ async fn intercept(name: &str, spec: &mut SinkSpec, trip: Arc<Tripwire>) -> Resu
                 .map(|p| format!(" password={}", quote(p)))
                 .unwrap_or_default();
             spec.dsn = Some(format!(
-                "host=127.0.0.1 port={port} user={} dbname={}{password}",
+                "host=127.0.0.1 port={port} sslmode=disable user={} dbname={}{password}",
                 quote(dsn.user()),
                 quote(dsn.dbname())
             ));

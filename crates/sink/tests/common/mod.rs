@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pgprism_decoder::Lsn;
-use pgprism_decoder::stream::{ReplicationStream, SourceDsn, StreamConfig, StreamEvent};
+use pgprism_decoder::stream::{ReplicationStream, StreamConfig, StreamEvent};
 use pgprism_leader::Epoch;
+use pgprism_pg::Dsn;
 use pgprism_sink::drive::{DriveError, DriveOptions, drive};
 use pgprism_sink::spec::{BatchSpec, ProjectionSpec, SinkSpec};
 use pgprism_sink::{FlushReport, Projector, ProjectorConfig};
@@ -131,7 +132,7 @@ impl Env {
         ProjectorConfig {
             pipeline: "test".to_owned(),
             epoch: Epoch(epoch),
-            source: SourceDsn::parse(&self.dsn).unwrap(),
+            source: Dsn::parse(&self.dsn).unwrap(),
             sinks: self.sinks(),
             projections,
             batch: BatchSpec::default(),
@@ -187,7 +188,7 @@ impl Env {
     /// flushes must fall at the same places in every run.
     pub async fn push_until(&self, projector: &mut Projector, until: Lsn) -> Vec<FlushReport> {
         let mut stream_cfg =
-            StreamConfig::new(SourceDsn::parse(&self.dsn).unwrap(), "pgprism", "pgprism");
+            StreamConfig::new(Dsn::parse(&self.dsn).unwrap(), "pgprism", "pgprism");
         stream_cfg.start_lsn = projector.resume_lsn();
         let mut stream = ReplicationStream::open(stream_cfg).await.expect("stream");
         let mut reports = Vec::new();
@@ -221,7 +222,7 @@ impl Env {
         until: Lsn,
     ) -> Result<Vec<FlushReport>, DriveError> {
         let mut stream_cfg =
-            StreamConfig::new(SourceDsn::parse(&self.dsn).unwrap(), "pgprism", "pgprism");
+            StreamConfig::new(Dsn::parse(&self.dsn).unwrap(), "pgprism", "pgprism");
         stream_cfg.start_lsn = projector.resume_lsn();
         let mut stream = ReplicationStream::open(stream_cfg).await.expect("stream");
         let (_stop_tx, mut stop) = watch::channel(false);

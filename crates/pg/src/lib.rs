@@ -1,0 +1,122 @@
+//! pgprism's Postgres layer, shared by every crate that opens a session: the DSN type
+//! (every option kept, TLS honoured, passwords redacted), the one [`connect`] function
+//! (TLS, `application_name`, session formats), error text, and identifier quoting.
+//!
+//! Every SQL session pgprism opens — election, fence, offsets, sinks, query recomputes,
+//! the commands — goes through [`connect`]; the replication session takes the same
+//! [`TlsOptions`] (see `pgprism_decoder::stream`). A session opened any other way would
+//! silently ignore `sslmode`.
+
+mod dsn;
+mod tls;
+
+pub use dsn::{Dsn, redact_dsn};
+pub use tls::{SslMode, TlsOptions, install_crypto_provider};
+
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+
+/// A DSN that cannot be used; the message names the key and never the password.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DsnError(pub String);
+
+/// The settings of every session: the text formats pgprism reads and writes, and quiet
+/// notices.
+const SESSION_SETTINGS: &str = "SET DateStyle = ISO; SET IntervalStyle = postgres; \
+     SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET client_min_messages = warning";
+
+/// The task driving a session's connection; it ends when the session does.
+pub type Connection = JoinHandle<Result<(), tokio_postgres::Error>>;
+
+/// Open a SQL session to `dsn` (named by [`Dsn::named`]), over TLS as its `sslmode`
+/// asks, with pgprism's session settings. The connection runs in a spawned task,
+/// returned so that a caller can notice the session ending.
+///
+/// Errors are the server's or the network's; [`error_text`] words them for a log line.
+pub async fn connect(dsn: &Dsn) -> Result<(Client, Connection), tokio_postgres::Error> {
+    let config = dsn.session_config();
+    let (client, connection) = match dsn.tls().client_config() {
+        None => {
+            let (client, conn) = config.connect(NoTls).await?;
+            (client, spawn(conn))
+        }
+        Some(tls) => {
+            let make = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
+            let (client, conn) = config.connect(make).await?;
+            (client, spawn(conn))
+        }
+    };
+    client.batch_execute(SESSION_SETTINGS).await?;
+    Ok((client, connection))
+}
+
+fn spawn<F>(connection: F) -> Connection
+where
+    F: Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let ended = connection.await;
+        if let Err(e) = &ended {
+            tracing::debug!(error = %e, "Postgres session ended");
+        }
+        ended
+    })
+}
+
+/// A Postgres error as one line: the server's message, SQLSTATE, detail and hint, or the
+/// network's error with its cause; a refused TLS negotiation says how to fix it.
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+        if let Some(detail) = db.detail() {
+            text.push_str("; ");
+            text.push_str(detail);
+        }
+        if let Some(hint) = db.hint() {
+            text.push_str("; hint: ");
+            text.push_str(hint);
+        }
+        return text;
+    }
+    match std::error::Error::source(e) {
+        Some(source) if source.to_string().contains("server does not support TLS") => {
+            "the server does not offer TLS and sslmode asks for it; fix: turn on ssl in \
+             the server's postgresql.conf, or set sslmode=prefer (or disable) in the DSN"
+                .to_owned()
+        }
+        Some(source) => format!("{e}: {source}"),
+        None => e.to_string(),
+    }
+}
+
+/// Quote an SQL identifier: `"name"` with inner quotes doubled.
+pub fn quote_ident(name: &str) -> String {
+    postgres_protocol::escape::escape_identifier(name)
+}
+
+/// Quote a string literal as `E'…'`, safe whatever `standard_conforming_strings` says.
+pub fn quote_literal(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 3);
+    out.push_str("E'");
+    for c in value.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident(r#"we"ird"#), r#""we""ird""#);
+        assert_eq!(quote_literal(r"it's \x"), r"E'it''s \\x'");
+    }
+}
