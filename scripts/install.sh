@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what pgprism's tests and demo need on a fresh Debian/Ubuntu machine: the Postgres
-# server and client (initdb, pg_ctl, postgres, psql, pg_recvlogical) and redis-server.
+# server and client (initdb, pg_ctl, postgres, psql, pg_recvlogical), redis-server, and
+# openssl (the TLS tests make their own throwaway CA with it).
 # Idempotent and silent when everything is present; prints one line when it installs.
 #
 # The tests start their own throwaway servers (crates/testkit), so the services these
@@ -26,6 +27,7 @@ have_redis() {
 missing=()
 have_postgres || missing+=(postgresql)
 have_redis || missing+=(redis-server)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 
 if ! command -v apt-get >/dev/null 2>&1; then

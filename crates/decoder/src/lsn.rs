@@ -50,12 +50,14 @@ impl FromStr for Lsn {
     }
 }
 
+#[cfg(feature = "stream")]
 impl From<pgwire_replication::Lsn> for Lsn {
     fn from(l: pgwire_replication::Lsn) -> Self {
         Lsn(l.as_u64())
     }
 }
 
+#[cfg(feature = "stream")]
 impl From<Lsn> for pgwire_replication::Lsn {
     fn from(l: Lsn) -> Self {
         pgwire_replication::Lsn::from_u64(l.0)

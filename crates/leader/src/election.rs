@@ -149,6 +149,8 @@ impl Election {
                 Ok(Attempt::Lead(leadership)) => return Ok(Some(leadership)),
                 Ok(Attempt::Standby(session)) => standby = Some(session),
                 Err(e @ LeaderError::LockKeyCollision { .. }) => return Err(e),
+                // Wrong TLS settings, credentials or database: retrying will not help.
+                Err(e) if e.is_misconfiguration() => return Err(e),
                 // The source being unreachable is not fatal for a standby: try again.
                 Err(e) => {
                     tracing::warn!(error = %e, pipeline = %self.cfg.pipeline, "election attempt failed")

@@ -91,6 +91,12 @@ impl LeaderError {
     pub(crate) fn db(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> LeaderError {
         move |source| LeaderError::Db { context, source }
     }
+
+    /// A database error that retrying will not fix: TLS that cannot be set up, a refused
+    /// login, a missing database ([`pgprism_pg::is_misconfiguration`]).
+    pub fn is_misconfiguration(&self) -> bool {
+        matches!(self, LeaderError::Db { source, .. } if pgprism_pg::is_misconfiguration(source))
+    }
 }
 
 /// Format a position for messages.

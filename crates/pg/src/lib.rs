@@ -90,6 +90,28 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Whether a failed connect is the configuration's fault and will fail the same way
+/// until someone changes it: TLS that cannot be set up (not offered while `sslmode`
+/// requires it, a certificate that does not verify), a refused login (SQLSTATE class 28:
+/// password, `pg_hba.conf`), a database that does not exist (3D000). A network error or a
+/// server starting up is not.
+pub fn is_misconfiguration(e: &tokio_postgres::Error) -> bool {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        return code.starts_with("28") || code == "3D000";
+    }
+    // tokio-postgres does not expose its error kinds: its TLS kind's text is stable. A
+    // handshake cut by a restarting server is an IO error of another kind: transient.
+    let Some(source) = std::error::Error::source(e) else {
+        return false;
+    };
+    e.to_string().starts_with("error performing TLS handshake")
+        && (source.to_string().contains("server does not support TLS")
+            || source
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData))
+}
+
 /// Quote an SQL identifier: `"name"` with inner quotes doubled.
 pub fn quote_ident(name: &str) -> String {
     postgres_protocol::escape::escape_identifier(name)

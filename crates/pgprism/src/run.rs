@@ -79,6 +79,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let mut leadership = match election.campaign(stop.clone()).await {
             Ok(Some(l)) => l,
             Ok(None) => return Ok(()),
+            // Wrong TLS settings, credentials or database name: say so and stop, rather
+            // than retry forever behind a log line.
+            Err(e) if e.is_misconfiguration() => {
+                anyhow::bail!("cannot connect to Postgres at {}: {e}", dsn.target());
+            }
             Err(e) => {
                 health.ready.store(false, Ordering::Relaxed);
                 tracing::warn!(error = %e, "campaign failed; retrying");
@@ -160,7 +165,7 @@ async fn lead(
         }
     };
     let setup = async {
-        let client = crate::session::connect(dsn).await?;
+        let client = crate::session::connect(&dsn.named("pgprism slot")).await?;
         slot::take_over(
             &client,
             &cfg.source.slot,
@@ -196,12 +201,16 @@ async fn lead(
     tracing::info!(epoch = epoch.0, start = %stream.info().start_lsn, "streaming");
     health.leading.store(true, Ordering::Relaxed);
     health.ready.store(true, Ordering::Relaxed);
-    let reporter = tokio::spawn(report(cfg.clone(), dsn.clone(), projector.lag_clock()));
+    let reporter = tokio::spawn(report(
+        cfg.clone(),
+        dsn.named("pgprism monitor"),
+        projector.lag_clock(),
+    ));
     let heartbeat = cfg
         .heartbeat
         .interval
         .filter(|d| !d.is_zero())
-        .map(|every| tokio::spawn(emit_heartbeats(dsn.clone(), every)));
+        .map(|every| tokio::spawn(emit_heartbeats(dsn.named("pgprism heartbeat"), every)));
     let replay_window = cfg.replay_window_bytes().unwrap_or(0);
     let (drive_stop_tx, mut drive_stop) = watch::channel(false);
     let opts = DriveOptions {

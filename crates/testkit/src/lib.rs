@@ -22,9 +22,11 @@ mod redis;
 mod run_as;
 mod server_log;
 pub mod shop;
+mod tls;
 
 pub use error::TestkitError;
 pub use postgres::{PgBuilder, PgServer, StopMode, bin_dir};
 pub use process::{ChildGuard, Signal, pause, resume, signal};
 pub use redis::{RedisBuilder, RedisServer};
 pub use server_log::free_port;
+pub use tls::TestCa;

@@ -57,6 +57,16 @@ host    all          all     127.0.0.1/32  scram-sha-256
 host    replication  all     127.0.0.1/32  scram-sha-256
 ";
 
+/// With [`PgBuilder::tls`]: TCP sessions (SQL and replication) only over TLS; a session
+/// without it is refused ("no pg_hba.conf entry … no encryption").
+const PG_HBA_TLS_ONLY: &str = "\
+# Written by pgprism-testkit: TLS only over TCP.
+local    all          all                   trust
+local    replication  all                   trust
+hostssl  all          all     127.0.0.1/32  scram-sha-256
+hostssl  replication  all     127.0.0.1/32  scram-sha-256
+";
+
 /// The directory holding `initdb`, `pg_ctl`, `postgres`, `psql` and `pg_recvlogical`:
 /// `pg_config --bindir`, else the highest version under `/usr/lib/postgresql/*/bin`.
 pub fn bin_dir() -> Result<PathBuf, TestkitError> {
@@ -126,6 +136,8 @@ impl StopMode {
 pub struct PgBuilder {
     wal_level: String,
     settings: Vec<(String, String)>,
+    /// Server certificate and key (PEM text) for TLS-only TCP.
+    tls: Option<(String, String)>,
 }
 
 impl PgBuilder {
@@ -139,6 +151,13 @@ impl PgBuilder {
     pub fn setting(mut self, name: &str, value: &str) -> PgBuilder {
         self.settings.push((name.to_owned(), value.to_owned()));
         self
+    }
+
+    /// Serve TCP over TLS only, with `ca`'s server certificate (`hostssl` lines only in
+    /// `pg_hba.conf`); the Unix socket stays as it is.
+    pub fn tls(mut self, ca: &crate::TestCa) -> Result<PgBuilder, TestkitError> {
+        self.tls = Some((ca.read("server.crt")?, ca.read("server.key")?));
+        Ok(self)
     }
 
     /// initdb and start the server.
@@ -160,8 +179,26 @@ impl PgBuilder {
             run_as,
             bin,
         };
-        server.init()?;
-        let settings = self.render_settings(server.socket_dir());
+        server.init(self.tls.is_some())?;
+        let mut settings = self.render_settings(server.socket_dir());
+        if let Some((cert, key)) = &self.tls {
+            let (cert_file, key_file) = (
+                server.dir.path().join("server.crt"),
+                server.dir.path().join("server.key"),
+            );
+            server.run_as.write(&cert_file, cert)?;
+            server.run_as.write(&key_file, key)?;
+            std::fs::set_permissions(
+                &key_file,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .map_err(TestkitError::io("chmod 600 server.key"))?;
+            settings.push_str(&format!(
+                "ssl = on\nssl_cert_file = {}\nssl_key_file = {}\n",
+                conf_quote(&cert_file.to_string_lossy()),
+                conf_quote(&key_file.to_string_lossy())
+            ));
+        }
         let log_file = server.log_file.clone();
         server.port = start_on_free_port(&log_file, |port| {
             server.port = port;
@@ -220,6 +257,7 @@ impl PgServer {
         PgBuilder {
             wal_level: "logical".to_owned(),
             settings: Vec::new(),
+            tls: None,
         }
     }
 
@@ -381,7 +419,7 @@ impl PgServer {
         fs::read_to_string(&self.log_file).unwrap_or_default()
     }
 
-    fn init(&self) -> Result<(), TestkitError> {
+    fn init(&self, tls_only: bool) -> Result<(), TestkitError> {
         let pwfile = self.dir.path().join("pwfile");
         self.run_as.write(&pwfile, &format!("{PASSWORD}\n"))?;
         let mut cmd = self.server_command("initdb");
@@ -403,8 +441,10 @@ impl PgServer {
         check(command, out, None)?;
         fs::remove_file(&pwfile).map_err(TestkitError::io("removing the password file"))?;
 
-        self.run_as
-            .write(&self.data_dir.join("pg_hba.conf"), PG_HBA)?;
+        self.run_as.write(
+            &self.data_dir.join("pg_hba.conf"),
+            if tls_only { PG_HBA_TLS_ONLY } else { PG_HBA },
+        )?;
         let conf = self.data_dir.join("postgresql.conf");
         OpenOptions::new()
             .append(true)

@@ -32,12 +32,21 @@ const LOG_TAIL_LINES: usize = 20;
 #[derive(Debug, Clone, Default)]
 pub struct RedisBuilder {
     persistent: bool,
+    /// CA cert, server cert and key files, for a TLS port beside the plain one.
+    tls: Option<[PathBuf; 3]>,
 }
 
 impl RedisBuilder {
     /// Keep data across kill and restart (append-only file in the temp dir).
     pub fn persistent(mut self, on: bool) -> RedisBuilder {
         self.persistent = on;
+        self
+    }
+
+    /// Also serve TLS on a second port ([`RedisServer::tls_url`]), with `ca`'s server
+    /// certificate; the plain port stays (readiness is checked there).
+    pub fn tls(mut self, ca: &crate::TestCa) -> RedisBuilder {
+        self.tls = Some([ca.ca_file(), ca.cert_file(), ca.key_file()]);
         self
     }
 
@@ -53,6 +62,10 @@ impl RedisBuilder {
             dir,
             port: 0,
             persistent: self.persistent,
+            tls: match self.tls {
+                Some(files) => Some((crate::free_port()?, files)),
+                None => None,
+            },
             bin,
             child: Mutex::new(None),
         };
@@ -72,6 +85,8 @@ pub struct RedisServer {
     log_file: PathBuf,
     port: u16,
     persistent: bool,
+    /// The TLS port and the CA, cert and key files.
+    tls: Option<(u16, [PathBuf; 3])>,
     bin: PathBuf,
     child: Mutex<Option<Child>>,
 }
@@ -95,6 +110,14 @@ impl RedisServer {
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `rediss://localhost:TLS_PORT` (the certificate names `localhost`), when started
+    /// with [`RedisBuilder::tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls
+            .as_ref()
+            .map(|(port, _)| format!("rediss://localhost:{port}"))
     }
 
     /// The server's pid, `None` after [`RedisServer::kill`].
@@ -150,6 +173,17 @@ impl RedisServer {
             .stdin(Stdio::null())
             .stdout(log.0)
             .stderr(log.1);
+        if let Some((tls_port, [ca, cert, key])) = &self.tls {
+            cmd.arg("--tls-port")
+                .arg(tls_port.to_string())
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .args(["--tls-auth-clients", "no"]);
+        }
         if self.persistent {
             cmd.args(["--appendonly", "yes"]);
         } else {
