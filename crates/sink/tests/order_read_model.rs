@@ -258,6 +258,7 @@ async fn a_recompute_waits_until_the_decoded_transaction_is_visible() {
         .await
         .unwrap()
         .get(0);
+    let started = std::time::Instant::now();
     let update = tokio::spawn(async move {
         writer
             .batch_execute(
@@ -266,16 +267,47 @@ async fn a_recompute_waits_until_the_decoded_transaction_is_visible() {
             )
             .await
     });
-    let cancel = {
-        let admin = env.client().await;
-        tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-            admin
-                .execute("SELECT pg_cancel_backend($1)", &[&writer_pid])
-                .await
-                .unwrap();
-        })
+    let admin = env.client().await;
+    let wait_event = move |admin: tokio_postgres::Client| async move {
+        let row = admin
+            .query_opt(
+                "SELECT wait_event FROM pg_stat_activity WHERE pid = $1",
+                &[&writer_pid],
+            )
+            .await
+            .unwrap();
+        (admin, row.and_then(|r| r.get::<_, Option<String>>(0)))
     };
+    // The precondition: the update is committed locally and waits for the standby (its
+    // commit is in the WAL, so decodable, but not yet visible to other sessions).
+    let mut admin = admin;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (a, event) = wait_event(admin).await;
+        admin = a;
+        if event.as_deref() == Some("SyncRep") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the update never waited for synchronous replication (wait_event {event:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let cancel = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        // Still waiting when cancelled: the pipeline below ran while it was invisible.
+        let (admin, event) = wait_event(admin).await;
+        assert_eq!(
+            event.as_deref(),
+            Some("SyncRep"),
+            "the update stopped waiting before it was cancelled"
+        );
+        admin
+            .execute("SELECT pg_cancel_backend($1)", &[&writer_pid])
+            .await
+            .unwrap();
+    });
     // Decoded while invisible: the pipeline must not project 'pending' and move on.
     let until: pgprism_decoder::Lsn = env
         .sql("SELECT pg_current_wal_insert_lsn()")
@@ -286,7 +318,15 @@ async fn a_recompute_waits_until_the_decoded_transaction_is_visible() {
     until.0 += 1;
     env.run_until(&mut projector, 0, until).await;
     cancel.await.unwrap();
-    let _ = update.await.unwrap();
+    update
+        .await
+        .unwrap()
+        .expect("a cancelled wait for the standby keeps the local commit");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1500),
+        "the update waited {:?}, less than until its cancel",
+        started.elapsed()
+    );
     assert_eq!(
         env.rows("SELECT status FROM orders").await,
         [["confirmed".to_owned()]],
