@@ -770,3 +770,157 @@ async fn the_rebuild_command_swaps_a_rebuilt_read_model_in_under_a_running_leade
         "{err}"
     );
 }
+
+/// kill -9 of the leading `pgprism run` process, three times, under a steady workload,
+/// with a standby waiting each time: the standby leads within moments of the death (timed
+/// from the SIGKILL to its `/readyz` saying "leader", and to a change committed after the
+/// kill being visible in order_read_model), the killed replica comes back as the next
+/// standby, and the read models end equal to the ground truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_leading_process_is_taken_over_at_once_and_loses_nothing() {
+    let pg = PgServer::start().unwrap();
+    let redis = RedisServer::start().unwrap();
+    let (db, dsn) = pg.fresh_database().unwrap();
+    pg.psql(&db, &format!("{SCHEMA}\n{READ_MODELS}")).unwrap();
+    pg.psql(
+        &db,
+        "INSERT INTO customers (id, name, email)
+         VALUES ('00000000-0000-0000-0000-0000000000aa', 'marker', 'm@example.com');
+         INSERT INTO orders (id, customer_id)
+         VALUES ('00000000-0000-0000-0000-0000000000aa', '00000000-0000-0000-0000-0000000000aa');",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pgprism.toml");
+    std::fs::write(&config, EXAMPLE).unwrap();
+    let leads = |r: &Replica| r.ready().is_some_and(|b| b.contains("leader"));
+    let mut leader = start_replica("r0", &config, &dsn, &redis.url(), dir.path());
+    eventually_or(
+        "r0 leads",
+        Duration::from_secs(30),
+        || leads(&leader).then_some(()),
+        || leader.log(),
+    );
+    let mut standby = start_replica("r1", &config, &dsn, &redis.url(), dir.path());
+    eventually_or(
+        "r1 is a ready standby",
+        Duration::from_secs(30),
+        || standby.ready().filter(|b| b.contains("standby")),
+        || standby.log(),
+    );
+    let writer = pg.client(&db).await.unwrap();
+    let workload = tokio::spawn(async move {
+        pgprism_testkit::shop::workload(&writer, 1_500, 41).await;
+    });
+    let marker = |pg: &PgServer, db: &str| {
+        rows(
+            pg,
+            db,
+            "SELECT customer_name FROM order_read_model WHERE id = '00000000-0000-0000-0000-0000000000aa'",
+        )
+    };
+    let (mut to_ready, mut to_visible) = (Vec::new(), Vec::new());
+    for kill in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        leader.child.signal(Signal::Kill).unwrap();
+        let killed = Instant::now();
+        // A change committed after the death: visible only once the standby leads.
+        let name = format!("marker {kill}");
+        pg.psql(
+            &db,
+            &format!("UPDATE customers SET name = '{name}' WHERE id = '00000000-0000-0000-0000-0000000000aa'"),
+        )
+        .unwrap();
+        let (mut ready_at, mut visible_at) = (None, None);
+        eventually_or(
+            "the standby leads and the change after the kill is visible",
+            Duration::from_secs(30),
+            || {
+                if ready_at.is_none() && leads(&standby) {
+                    ready_at = Some(killed.elapsed());
+                }
+                if visible_at.is_none() && marker(&pg, &db) == [name.clone()] {
+                    visible_at = Some(killed.elapsed());
+                }
+                (ready_at.is_some() && visible_at.is_some()).then_some(())
+            },
+            || standby.log(),
+        );
+        let (ready, visible) = (ready_at.unwrap(), visible_at.unwrap());
+        eprintln!(
+            "kill -9 #{kill}: standby leading after {ready:?}, change visible after {visible:?}"
+        );
+        to_ready.push(ready);
+        to_visible.push(visible);
+        assert!(
+            leader.child.wait_timeout(Duration::from_secs(5)).is_some(),
+            "the killed replica is gone"
+        );
+        // The killed replica comes back, as the next standby.
+        let next = start_replica(
+            &format!("r{}", kill + 2),
+            &config,
+            &dsn,
+            &redis.url(),
+            dir.path(),
+        );
+        eventually_or(
+            "the restarted replica is a ready standby",
+            Duration::from_secs(30),
+            || next.ready().filter(|b| b.contains("standby")),
+            || next.log(),
+        );
+        leader = std::mem::replace(&mut standby, next);
+    }
+    workload.await.unwrap();
+    let truth = "SELECT * FROM order_read_model_truth";
+    eventually_or(
+        "order_read_model equals the truth after three kill -9s",
+        Duration::from_secs(60),
+        || {
+            (rows(&pg, &db, truth) == rows(&pg, &db, "SELECT * FROM order_read_model"))
+                .then_some(())
+        },
+        || leader.log(),
+    );
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for line in rows(
+        &pg,
+        &db,
+        "SELECT id, status, total_cents FROM order_read_model_truth",
+    ) {
+        let f: Vec<&str> = line.split('|').collect();
+        let h: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("order:{}", f[0]))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            h.get("status").map(String::as_str),
+            Some(f[1]),
+            "order:{}",
+            f[0]
+        );
+        assert_eq!(
+            h.get("total_cents").map(String::as_str),
+            Some(f[2]),
+            "order:{}",
+            f[0]
+        );
+    }
+    to_ready.sort();
+    to_visible.sort();
+    eprintln!(
+        "kill -9 takeover of `pgprism run`, 3 trials: leading after {to_ready:?}, first change after the kill visible after {to_visible:?}"
+    );
+    // The killed leader's session dies with it, so the lock is free at once: far below
+    // `takeover_after` (5 s), the bound for a leader that freezes instead.
+    assert!(
+        to_visible.iter().all(|t| *t < Duration::from_secs(5)),
+        "takeover after kill -9 took {to_visible:?}"
+    );
+}
