@@ -1,6 +1,7 @@
 //! pgprism's Postgres layer, shared by every crate that opens a session: the DSN type
 //! (every option kept, TLS honoured, passwords redacted), the one [`connect`] function
-//! (TLS, `application_name`, session formats), error text, and identifier quoting.
+//! (TLS, `application_name`, session formats), error text, the SQLSTATE table
+//! ([`sqlstate`]), and identifier quoting.
 //!
 //! Every SQL session pgprism opens — election, fence, offsets, sinks, query recomputes,
 //! the commands — goes through [`connect`]; the replication session takes the same
@@ -8,6 +9,7 @@
 //! silently ignore `sslmode`.
 
 mod dsn;
+pub mod sqlstate;
 mod tls;
 
 pub use dsn::{Dsn, redact_dsn};

@@ -6,24 +6,15 @@
 //! ([`Class::Fatal`]).
 
 use pgprism_decoder::pgoutput::DecodeError;
-use pgprism_decoder::stream::{ErrorClass, sqlstate_class};
 use pgprism_leader::LeaderError;
 use pgprism_pg::error_text;
 use redis::RetryMethod;
 
-/// What to do about an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
-    /// Retry the batch after a backoff: connection lost, serialization failure,
-    /// deadlock, read-only replica, lock or statement timeout.
-    Transient,
-    /// The data of one row is unacceptable to the target (constraint, bad value, type
-    /// mismatch): dead-letter that row, go on with the others.
-    Row,
-    /// Retrying cannot help and no single row is to blame (missing table, permissions,
-    /// a newer leader): stop and say why.
-    Fatal,
-}
+/// What to do about an error: retry the batch after a backoff (`Transient`),
+/// dead-letter the row the target refused and go on (`Row`), or stop and say why
+/// (`Fatal`: missing table, permissions, a newer leader). The SQLSTATE table behind it is
+/// [`pgprism_pg::sqlstate`].
+pub use pgprism_pg::sqlstate::Class;
 
 /// Errors of projections and sink writers.
 #[derive(Debug, thiserror::Error)]
@@ -195,19 +186,9 @@ pub fn pg_class(e: &tokio_postgres::Error) -> Class {
     sqlstate(code.code())
 }
 
-/// Classify a SQLSTATE.
+/// Classify a SQLSTATE: the one table of [`pgprism_pg::sqlstate`].
 pub fn sqlstate(code: &str) -> Class {
-    match code {
-        // lock_not_available (lock_timeout), query_canceled (statement_timeout)
-        "55P03" | "57014" => Class::Transient,
-        // datatype_mismatch, and the data_exception / integrity_constraint_violation classes
-        "42804" => Class::Row,
-        c if c.starts_with("22") || c.starts_with("23") => Class::Row,
-        c => match sqlstate_class(c) {
-            ErrorClass::Transient => Class::Transient,
-            ErrorClass::Definite => Class::Fatal,
-        },
-    }
+    pgprism_pg::sqlstate::class(code)
 }
 
 /// Classify a Redis error by kind: what the client would retry or reconnect for is
@@ -217,27 +198,5 @@ pub fn redis_class(e: &redis::RedisError) -> Class {
     match e.retry_method() {
         RetryMethod::NoRetry => Class::Fatal,
         _ => Class::Transient,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sqlstates_decide_the_class() {
-        for transient in [
-            "08006", "40001", "40P01", "25006", "57P01", "55P03", "57014", "53300",
-        ] {
-            assert_eq!(sqlstate(transient), Class::Transient, "{transient}");
-        }
-        for row in [
-            "23505", "23503", "23514", "23502", "22001", "22003", "22P02", "42804",
-        ] {
-            assert_eq!(sqlstate(row), Class::Row, "{row}");
-        }
-        for fatal in ["42P01", "42501", "42703", "42P10", "28P01", "XX000"] {
-            assert_eq!(sqlstate(fatal), Class::Fatal, "{fatal}");
-        }
     }
 }

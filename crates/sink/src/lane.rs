@@ -1361,10 +1361,9 @@ impl Lane {
 /// Whether a sink error comes from contention (deadlock, lock wait, statement timeout,
 /// serialization failure): the batch is retried smaller.
 fn is_contention(e: &SinkError) -> bool {
-    matches!(
-        e.code().as_deref(),
-        Some("40P01" | "55P03" | "57014" | "40001")
-    )
+    e.code()
+        .as_deref()
+        .is_some_and(pgprism_pg::sqlstate::is_contention)
 }
 
 /// Roll back a session's open transaction; once it is gone, so are the rows its staging

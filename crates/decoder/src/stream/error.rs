@@ -194,25 +194,15 @@ impl StreamError {
     }
 }
 
-/// Classify a SQLSTATE. Unknown codes are definite: retrying an error we do not
-/// understand forever hides it from the operator.
+/// Classify a SQLSTATE for the stream ([`pgprism_pg::sqlstate`]): what the table says to
+/// retry is transient; a row error cannot happen on a replication session, so anything
+/// else is definite.
 pub fn sqlstate_class(code: &str) -> ErrorClass {
-    match code {
-        // admin_shutdown, crash_shutdown, cannot_connect_now (starting up / shutting down)
-        "57P01" | "57P02" | "57P03" => ErrorClass::Transient,
-        // object_in_use: the slot is still active under a walsender that has not exited yet
-        "55006" => ErrorClass::Transient,
-        // too_many_connections, configuration_limit_exceeded (max_wal_senders reached)
-        "53300" | "53400" => ErrorClass::Transient,
-        // serialization_failure, deadlock_detected
-        "40001" | "40P01" => ErrorClass::Transient,
-        // read-only transaction on a replica that is being promoted
-        "25006" => ErrorClass::Transient,
-        // connection_exception class
-        c if c.starts_with("08") => ErrorClass::Transient,
-        // insufficient_resources (disk full, out of memory) may clear up
-        c if c.starts_with("53") => ErrorClass::Transient,
-        _ => ErrorClass::Definite,
+    match pgprism_pg::sqlstate::class(code) {
+        pgprism_pg::sqlstate::Class::Transient => ErrorClass::Transient,
+        pgprism_pg::sqlstate::Class::Row | pgprism_pg::sqlstate::Class::Fatal => {
+            ErrorClass::Definite
+        }
     }
 }
 
