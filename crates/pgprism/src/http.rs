@@ -20,9 +20,20 @@ pub struct Health {
     pub leading: AtomicBool,
 }
 
-/// Install the Prometheus recorder for the `metrics` facade, with the names and help of
-/// shared/DESIGN.md and histogram buckets for the flush metrics.
+/// The Prometheus recorder for the `metrics` facade, installed on the first call (the
+/// facade takes one per process; later runs in the same process share it).
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = install_recorder()?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// Install the Prometheus recorder, with the names and help of shared/DESIGN.md and
+/// histogram buckets for the flush metrics.
+fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("pgprism_batch_flush_duration_seconds".to_owned()),

@@ -46,15 +46,25 @@ enum Outcome {
     Failed { error: anyhow::Error, retry: bool },
 }
 
-/// Run until SIGTERM/SIGINT.
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+/// `pgprism run`: the configuration file with its `PGPRISM_…` overrides, until
+/// SIGTERM/SIGINT.
+pub async fn run_command(args: RunArgs) -> anyhow::Result<()> {
     let cfg = Config::load(&args.config, std::env::vars())?;
+    let stop = stop_on_signals()?;
+    run(cfg, stop).await
+}
+
+/// The run loop: serve `/metrics` and the health checks (`http.bind`), campaign, and
+/// while leading stream the slot into every target; step down, back off and campaign
+/// again on what may clear up. Returns `Ok` once `stop` turns `true` (after the final
+/// flush, acknowledgement and the lock's release), an error for what retrying cannot
+/// fix (configuration, TLS, credentials).
+pub async fn run(cfg: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let health = Arc::new(http::Health::default());
     let recorder = http::install_metrics()?;
     if !cfg.http.bind.is_empty() {
         http::serve(&cfg.http.bind, recorder, health.clone()).await?;
     }
-    let stop = stop_on_signals()?;
     let dsn = Dsn::parse(&cfg.source.dsn)?;
     let replica = cfg
         .leader
