@@ -147,12 +147,12 @@ const CLAIM_MANY: &str = "DELETE FROM order_events WHERE id IN
     (SELECT id FROM order_events ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 100)
     RETURNING order_id::text";
 /// Recompute many orders from the ground truth in one statement (in id order, so two
-/// consumers lock shared rows in the same order).
+/// consumers lock shared rows in the same order). `= ANY(array)` is pushed down into the
+/// view's grouping (an `IN (SELECT …)` semi-join would aggregate the whole view).
 const RECOMPUTE_MANY: &str = "
-WITH ids AS (SELECT DISTINCT unnest($1::text[])::uuid AS id),
-up AS (
+WITH up AS (
     INSERT INTO order_read_model
-    SELECT t.* FROM order_read_model_truth t WHERE t.id IN (SELECT id FROM ids) ORDER BY t.id
+    SELECT t.* FROM order_read_model_truth t WHERE t.id = ANY($1::text[]::uuid[]) ORDER BY t.id
     ON CONFLICT (id) DO UPDATE SET
         customer_name = EXCLUDED.customer_name, customer_email = EXCLUDED.customer_email,
         status = EXCLUDED.status, item_count = EXCLUDED.item_count,
@@ -160,7 +160,7 @@ up AS (
         created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at
     RETURNING id)
 DELETE FROM order_read_model
- WHERE id IN (SELECT id FROM ids) AND id NOT IN (SELECT id FROM up)";
+ WHERE id = ANY($1::text[]::uuid[]) AND id NOT IN (SELECT id FROM up)";
 
 /// Rows of the read model that differ from the ground truth (both directions), and the
 /// number of orders.
