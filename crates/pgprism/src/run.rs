@@ -180,7 +180,8 @@ async fn lead(
             &client,
             &cfg.source.slot,
             cfg.leader.slot_takeover_after,
-            Duration::from_millis(200),
+            // The dead leader's walsender lets go within moments of its client's death: look often.
+            Duration::from_millis(20),
         )
         .await
         .context("taking the slot over")?;
