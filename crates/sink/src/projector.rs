@@ -32,8 +32,7 @@ use crate::query::{Mapping, QueryProjection};
 use crate::rebuild::{Swap, shadow_table, shadow_target};
 use crate::redis::RedisWriter;
 use crate::spec::{
-    BackfillSpec, BatchSpec, ProjectionSpec, Resolved, SinkKind, SinkSpec, parse_table_name,
-    validate,
+    BackfillSpec, BatchSpec, ProjectionSpec, Resolved, Sink, SinkSpec, parse_table_name, validate,
 };
 use pgprism_leader::fence::read_backfill;
 
@@ -277,8 +276,15 @@ pub async fn check(cfg: &ProjectorConfig) -> Vec<SinkError> {
             let Some(sink) = cfg.sinks.get(&t.sink) else {
                 continue;
             };
-            match (sink.kind, &sink.dsn, &sink.url) {
-                (SinkKind::Postgres, Some(dsn), _) => {
+            let sink = match sink.resolve(&t.sink) {
+                Ok(sink) => sink,
+                Err(e) => {
+                    problems.push(SinkError::config("config", e.to_string()));
+                    continue;
+                }
+            };
+            match sink {
+                Sink::Postgres { dsn } => {
                     let result = async {
                         let dsn = Dsn::parse(dsn)
                             .map_err(|e| SinkError::config(&target, e.to_string()))?;
@@ -319,12 +325,12 @@ pub async fn check(cfg: &ProjectorConfig) -> Vec<SinkError> {
                         problems.push(e);
                     }
                 }
-                (SinkKind::Redis, _, Some(url)) => {
+                Sink::Redis { url, ca_file } => {
                     if sinks_ok.insert(t.sink.clone(), true).is_some() {
                         continue;
                     }
                     let result = async {
-                        let client = crate::redis::open(sink, &target)?;
+                        let client = crate::redis::open(url, ca_file, &target)?;
                         let mut conn = tokio::time::timeout(
                             Duration::from_secs(5),
                             client.get_multiplexed_async_connection(),
@@ -351,7 +357,6 @@ pub async fn check(cfg: &ProjectorConfig) -> Vec<SinkError> {
                         problems.push(e);
                     }
                 }
-                _ => {}
             }
         }
     }
@@ -558,9 +563,16 @@ impl Projector {
             for t in targets {
                 let target = t.name_in(name);
                 let (logic, shape) = plan(&source, &p).await?;
-                let sink = cfg.sinks.get(&t.sink).expect("validated");
-                let (writer, stored) = match (sink.kind, &sink.dsn, &sink.url) {
-                    (SinkKind::Postgres, Some(dsn), _) => {
+                let sink = cfg
+                    .sinks
+                    .get(&t.sink)
+                    .ok_or_else(|| {
+                        SinkError::config(&target, format!("no sink named {:?}", t.sink))
+                    })?
+                    .resolve(&t.sink)
+                    .map_err(|e| SinkError::config("config", e.to_string()))?;
+                let (writer, stored) = match sink {
+                    Sink::Postgres { dsn } => {
                         let (schema, table) = table_of(&target, t.table.as_deref().unwrap_or(""))?;
                         let (w, stored) = pg_writer(
                             cfg,
@@ -626,7 +638,7 @@ impl Projector {
                         }
                         (Writer::Postgres(Box::new(w)), stored)
                     }
-                    (SinkKind::Redis, _, Some(_)) => {
+                    Sink::Redis { url, ca_file } => {
                         if !dead_letters_on_source {
                             dead_letter::ensure(&source).await?;
                             dead_letters_on_source = true;
@@ -634,7 +646,7 @@ impl Projector {
                         let (w, stored) = RedisWriter::connect(
                             &cfg.pipeline,
                             &target,
-                            crate::redis::open(sink, &target)?,
+                            crate::redis::open(url, ca_file, &target)?,
                             t,
                             cfg.epoch,
                             initial.as_deref(),
@@ -642,7 +654,6 @@ impl Projector {
                         .await?;
                         (Writer::Redis(Box::new(w)), stored)
                     }
-                    _ => unreachable!("validated"),
                 };
                 let state = match &writer {
                     Writer::Postgres(w) => w.fence.backfill().map(str::to_owned),

@@ -31,7 +31,7 @@ use crate::error::SinkError;
 use crate::lane::connect;
 use crate::postgres::PgTable;
 use crate::projector::ProjectorConfig;
-use crate::spec::{SinkKind, parse_table_name};
+use crate::spec::{Sink, parse_table_name};
 
 /// The offset row (and dead letters) of a target's shadow.
 pub fn shadow_target(target: &str) -> String {
@@ -91,8 +91,11 @@ pub async fn request(cfg: &ProjectorConfig, projection: &str) -> Result<Requeste
             .sinks
             .get(&t.sink)
             .ok_or_else(|| SinkError::config(&target, format!("no sink named {:?}", t.sink)))?;
-        match (sink.kind, &sink.dsn, &sink.url) {
-            (SinkKind::Postgres, Some(dsn), _) => {
+        match sink
+            .resolve(&t.sink)
+            .map_err(|e| SinkError::config(&target, e.to_string()))?
+        {
+            Sink::Postgres { dsn } => {
                 let dsn = Dsn::parse(dsn).map_err(|e| SinkError::config(&target, e.to_string()))?;
                 let client =
                     connect(&dsn.named(&format!("pgprism sink {target}")), &target).await?;
@@ -115,11 +118,10 @@ pub async fn request(cfg: &ProjectorConfig, projection: &str) -> Result<Requeste
                 }
                 plans.push((target, Some((client, schema, table, shadow)), None));
             }
-            (SinkKind::Redis, _, Some(_)) => {
-                let client = crate::redis::open(sink, &target)?;
+            Sink::Redis { url, ca_file } => {
+                let client = crate::redis::open(url, ca_file, &target)?;
                 plans.push((target, None, Some(client)));
             }
-            _ => unreachable!("validated"),
         }
     }
     let epoch = supersede(&source, &cfg.pipeline).await?;

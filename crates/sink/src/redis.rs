@@ -27,9 +27,7 @@ use redis::{AsyncCommands, Script, Value as RedisValue};
 
 use crate::batch::{Batch, Entry, Key, Op, Shape};
 use crate::error::SinkError;
-use crate::spec::{
-    DEFAULT_REDIS_KEYS_PER_CALL, DEFAULT_TOMBSTONE_TTL, RedisFormat, SinkSpec, TargetSpec,
-};
+use crate::spec::{DEFAULT_REDIS_KEYS_PER_CALL, DEFAULT_TOMBSTONE_TTL, RedisFormat, TargetSpec};
 
 /// The guard key of a data key.
 pub fn guard_key(key: &str) -> String {
@@ -131,9 +129,12 @@ pub struct Written {
 
 /// The client of a Redis sink: `redis://` plain, `rediss://` over TLS with the server's
 /// certificate checked against the sink's `ca_file`, or the operating system's roots.
-pub(crate) fn open(sink: &SinkSpec, target: &str) -> Result<redis::Client, SinkError> {
-    let url = sink.url.as_deref().unwrap_or_default();
-    let client = match &sink.ca_file {
+pub(crate) fn open(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+    target: &str,
+) -> Result<redis::Client, SinkError> {
+    let client = match ca_file {
         None => {
             pgprism_pg::install_crypto_provider();
             redis::Client::open(url)

@@ -82,6 +82,86 @@ impl SinkSpec {
     }
 }
 
+/// A sink as the writers use it: one variant per kind with exactly its fields, resolved
+/// from the flat [`SinkSpec`] the config file is parsed into.
+#[derive(Clone, Copy)]
+pub enum Sink<'a> {
+    /// A Postgres database.
+    Postgres {
+        /// Its connection string.
+        dsn: &'a str,
+    },
+    /// A Redis server.
+    Redis {
+        /// `redis://…`, `rediss://…` or `unix://…`.
+        url: &'a str,
+        /// The CA (PEM) of a `rediss://` server's certificate.
+        ca_file: Option<&'a std::path::Path>,
+    },
+}
+
+impl SinkSpec {
+    /// The sink by kind, or the key path of the field it lacks or must not have (what
+    /// [`validate`] reports; after it succeeds this never fails).
+    pub fn resolve(&self, name: &str) -> Result<Sink<'_>, SpecError> {
+        let path = format!("sinks.{name}");
+        match self.kind {
+            SinkKind::Postgres => {
+                if self.url.is_some() {
+                    return Err(err(
+                        format!("{path}.url"),
+                        "a postgres sink takes `dsn`, not `url`",
+                    ));
+                }
+                if self.ca_file.is_some() {
+                    return Err(err(
+                        format!("{path}.ca_file"),
+                        "is for redis sinks; a postgres sink names its CA in the DSN (sslrootcert=…)",
+                    ));
+                }
+                match &self.dsn {
+                    Some(dsn) if !dsn.trim().is_empty() => Ok(Sink::Postgres { dsn }),
+                    _ => Err(err(format!("{path}.dsn"), "a postgres sink needs `dsn`")),
+                }
+            }
+            SinkKind::Redis => {
+                if self.dsn.is_some() {
+                    return Err(err(
+                        format!("{path}.dsn"),
+                        "a redis sink takes `url`, not `dsn`",
+                    ));
+                }
+                let url = match &self.url {
+                    Some(url)
+                        if url.starts_with("redis://")
+                            || url.starts_with("rediss://")
+                            || url.starts_with("unix://") =>
+                    {
+                        url
+                    }
+                    Some(_) => {
+                        return Err(err(
+                            format!("{path}.url"),
+                            "must start with redis://, rediss:// or unix://",
+                        ));
+                    }
+                    None => return Err(err(format!("{path}.url"), "a redis sink needs `url`")),
+                };
+                if self.ca_file.is_some() && !url.starts_with("rediss://") {
+                    return Err(err(
+                        format!("{path}.ca_file"),
+                        "is for TLS: use a rediss:// url with it",
+                    ));
+                }
+                Ok(Sink::Redis {
+                    url,
+                    ca_file: self.ca_file.as_deref(),
+                })
+            }
+        }
+    }
+}
+
 impl fmt::Debug for SinkSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
@@ -536,59 +616,7 @@ pub fn validate(
     batch: &BatchSpec,
 ) -> Result<(), SpecError> {
     for (name, sink) in sinks {
-        let path = format!("sinks.{name}");
-        match sink.kind {
-            SinkKind::Postgres => {
-                if sink.url.is_some() {
-                    return Err(err(
-                        format!("{path}.url"),
-                        "a postgres sink takes `dsn`, not `url`",
-                    ));
-                }
-                match &sink.dsn {
-                    Some(dsn) if !dsn.trim().is_empty() => {}
-                    _ => return Err(err(format!("{path}.dsn"), "a postgres sink needs `dsn`")),
-                }
-                if sink.ca_file.is_some() {
-                    return Err(err(
-                        format!("{path}.ca_file"),
-                        "is for redis sinks; a postgres sink names its CA in the DSN (sslrootcert=…)",
-                    ));
-                }
-            }
-            SinkKind::Redis => {
-                if sink.dsn.is_some() {
-                    return Err(err(
-                        format!("{path}.dsn"),
-                        "a redis sink takes `url`, not `dsn`",
-                    ));
-                }
-                match &sink.url {
-                    Some(url)
-                        if url.starts_with("redis://")
-                            || url.starts_with("rediss://")
-                            || url.starts_with("unix://") => {}
-                    Some(_) => {
-                        return Err(err(
-                            format!("{path}.url"),
-                            "must start with redis://, rediss:// or unix://",
-                        ));
-                    }
-                    None => return Err(err(format!("{path}.url"), "a redis sink needs `url`")),
-                }
-                if sink.ca_file.is_some()
-                    && !sink
-                        .url
-                        .as_deref()
-                        .is_some_and(|u| u.starts_with("rediss://"))
-                {
-                    return Err(err(
-                        format!("{path}.ca_file"),
-                        "is for TLS: use a rediss:// url with it",
-                    ));
-                }
-            }
-        }
+        sink.resolve(name)?;
     }
     if batch.min_rows == 0 || batch.min_rows > batch.max_rows {
         return Err(err(
@@ -938,6 +966,46 @@ format = "json"
         for (doc, want) in cases {
             let got = check(&doc).unwrap_err();
             assert!(got.contains(want), "want {want:?} in {got:?}");
+        }
+    }
+
+    #[test]
+    fn sinks_resolve_by_kind_or_name_the_key() {
+        let pg = SinkSpec::postgres("postgres://db/shop");
+        assert!(matches!(
+            pg.resolve("pg"),
+            Ok(Sink::Postgres {
+                dsn: "postgres://db/shop"
+            })
+        ));
+        let mut tls = SinkSpec::redis("rediss://cache:6380");
+        tls.ca_file = Some("/etc/ca.pem".into());
+        assert!(matches!(
+            tls.resolve("cache"),
+            Ok(Sink::Redis {
+                url: "rediss://cache:6380",
+                ca_file: Some(_)
+            })
+        ));
+        let mut plain = SinkSpec::redis("redis://cache:6379");
+        plain.ca_file = Some("/etc/ca.pem".into());
+        let mut pg_ca = pg.clone();
+        pg_ca.ca_file = Some("/etc/ca.pem".into());
+        let mut no_url = SinkSpec::redis("x");
+        no_url.url = None;
+        for (spec, key) in [
+            (plain, "sinks.s.ca_file"),
+            (pg_ca, "sinks.s.ca_file"),
+            (no_url, "sinks.s.url"),
+            (SinkSpec::redis("http://cache"), "sinks.s.url"),
+            (SinkSpec::postgres(" "), "sinks.s.dsn"),
+        ] {
+            let e = spec
+                .resolve("s")
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(key), "{spec:?}: {e}");
         }
     }
 

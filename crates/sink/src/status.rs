@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::error::SinkError;
 use crate::lane::connect;
 use crate::projector::ProjectorConfig;
-use crate::spec::SinkKind;
+use crate::spec::Sink;
 
 /// The pipeline as seen from outside.
 #[derive(Debug, Clone, Serialize)]
@@ -154,8 +154,11 @@ async fn read_target(
     let Some(spec) = cfg.sinks.get(sink) else {
         return Err(SinkError::config(name, format!("no sink named {sink:?}")));
     };
-    let dead_letters_in = match (spec.kind, &spec.dsn, &spec.url) {
-        (SinkKind::Postgres, Some(dsn), _) => {
+    let dead_letters_in = match spec
+        .resolve(sink)
+        .map_err(|e| SinkError::config(name, e.to_string()))?
+    {
+        Sink::Postgres { dsn } => {
             let dsn =
                 pgprism_pg::Dsn::parse(dsn).map_err(|e| SinkError::config(name, e.to_string()))?;
             let client = connect(&dsn.named(&format!("pgprism sink {name}")), name).await?;
@@ -183,8 +186,8 @@ async fn read_target(
             }
             Some(client)
         }
-        (SinkKind::Redis, _, Some(_)) => {
-            let client = crate::redis::open(spec, name)?;
+        Sink::Redis { url, ca_file } => {
+            let client = crate::redis::open(url, ca_file, name)?;
             let mut conn = tokio::time::timeout(
                 Duration::from_secs(5),
                 client.get_multiplexed_async_connection(),
@@ -214,7 +217,6 @@ async fn read_target(
                 .map(|v| Lsn(v).to_string());
             None
         }
-        _ => return Err(SinkError::config(name, "sink without dsn/url")),
     };
     let dl_client = dead_letters_in.as_ref().unwrap_or(source);
     if let Ok(row) = dl_client
