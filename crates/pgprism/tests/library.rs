@@ -2,7 +2,11 @@
 //! against a real Postgres and Redis — the same code `pgprism run` executes, without a
 //! process around it — and a clean stop through the `stop` channel.
 
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::rows;
 
 use pgprism_testkit::{PgServer, RedisServer};
 use tokio::sync::watch;
@@ -10,17 +14,6 @@ use tokio::sync::watch;
 const SCHEMA: &str = include_str!("../../../sql/schema.sql");
 const READ_MODELS: &str = include_str!("../../../sql/read_models.sql");
 const EXAMPLE: &str = include_str!("../../../pgprism.example.toml");
-
-fn rows(pg: &PgServer, db: &str, sql: &str) -> Vec<String> {
-    let mut r: Vec<String> = pg
-        .psql(db, &format!("SET TimeZone = 'UTC'; {sql}"))
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    r.sort();
-    r
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_run_loop_runs_in_process_and_stops_when_asked() {

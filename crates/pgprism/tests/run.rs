@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::pgprism;
+use common::{eventually_or, pgprism, rows};
 use pgprism_testkit::http::get;
 use pgprism_testkit::{ChildGuard, PgServer, RedisServer, Signal};
 
@@ -35,24 +35,32 @@ fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) 
     eventually_or(what, limit, &mut f, String::new)
 }
 
-fn eventually_or<T>(
-    what: &str,
-    limit: Duration,
-    mut f: impl FnMut() -> Option<T>,
-    context: impl Fn() -> String,
-) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "{what}: not within {limit:?}
-{}",
-            context()
+/// Every order's Redis hash (`order:ID`) agrees with `order_read_model_truth`.
+async fn redis_orders_match_the_truth(
+    pg: &PgServer,
+    db: &str,
+    conn: &mut redis::aio::MultiplexedConnection,
+) {
+    let truth = rows(
+        pg,
+        db,
+        "SELECT id, status, item_count, total_cents FROM order_read_model_truth",
+    );
+    assert!(!truth.is_empty(), "no orders");
+    for line in truth {
+        let f: Vec<&str> = line.split('|').collect();
+        let h: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("order:{}", f[0]))
+            .query_async(conn)
+            .await
+            .unwrap();
+        let field = |k: &str| h.get(k).map(String::as_str);
+        assert_eq!(
+            [field("status"), field("item_count"), field("total_cents")],
+            [Some(f[1]), Some(f[2]), Some(f[3])],
+            "order:{}",
+            f[0]
         );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -95,17 +103,6 @@ impl Replica {
     fn ready(&self) -> Option<String> {
         get(self.port, "/readyz").and_then(|(s, b)| (s == 200).then_some(b))
     }
-}
-
-fn rows(pg: &PgServer, db: &str, sql: &str) -> Vec<String> {
-    let mut r: Vec<String> = pg
-        .psql(db, &format!("SET TimeZone = 'UTC'; {sql}"))
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    r.sort();
-    r
 }
 
 #[test]
@@ -266,28 +263,7 @@ async fn two_replicas_survive_a_sigterm_of_the_leader_and_the_read_models_match_
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let truth_rows = pg
-        .psql(
-            &db,
-            "SET TimeZone = 'UTC'; SELECT id, coalesce(customer_name, ''), status, item_count, total_cents FROM order_read_model_truth",
-        )
-        .unwrap();
-    for line in truth_rows.lines() {
-        let f: Vec<&str> = line.split('|').collect();
-        let h: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(format!("order:{}", f[0]))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(
-            h.get("status").map(String::as_str),
-            Some(f[2]),
-            "order:{}",
-            f[0]
-        );
-        assert_eq!(h.get("item_count").map(String::as_str), Some(f[3]));
-        assert_eq!(h.get("total_cents").map(String::as_str), Some(f[4]));
-    }
+    redis_orders_match_the_truth(&pg, &db, &mut conn).await;
     let dead = pg
         .psql(&db, "SELECT count(*) FROM pgprism.dead_letters")
         .unwrap();
@@ -888,30 +864,7 @@ async fn kill_9_of_the_leading_process_is_taken_over_at_once_and_loses_nothing()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    for line in rows(
-        &pg,
-        &db,
-        "SELECT id, status, total_cents FROM order_read_model_truth",
-    ) {
-        let f: Vec<&str> = line.split('|').collect();
-        let h: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(format!("order:{}", f[0]))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(
-            h.get("status").map(String::as_str),
-            Some(f[1]),
-            "order:{}",
-            f[0]
-        );
-        assert_eq!(
-            h.get("total_cents").map(String::as_str),
-            Some(f[2]),
-            "order:{}",
-            f[0]
-        );
-    }
+    redis_orders_match_the_truth(&pg, &db, &mut conn).await;
     to_ready.sort();
     to_visible.sort();
     eprintln!(

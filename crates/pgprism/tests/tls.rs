@@ -8,46 +8,15 @@ mod common;
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::pgprism;
+use common::{eventually_or, pgprism, rows};
 use pgprism_testkit::http::get;
 use pgprism_testkit::{ChildGuard, PgServer, RedisServer, TestCa};
 
 const SCHEMA: &str = include_str!("../../../sql/schema.sql");
 const READ_MODELS: &str = include_str!("../../../sql/read_models.sql");
 const EXAMPLE: &str = include_str!("../../../pgprism.example.toml");
-
-fn eventually<T>(
-    what: &str,
-    limit: Duration,
-    mut f: impl FnMut() -> Option<T>,
-    context: impl Fn() -> String,
-) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "{what}: not within {limit:?}\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn rows(pg: &PgServer, db: &str, sql: &str) -> Vec<String> {
-    let mut r: Vec<String> = pg
-        .psql(db, &format!("SET TimeZone = 'UTC'; {sql}"))
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    r.sort();
-    r
-}
 
 /// The example configuration with the Redis sink over TLS, trusting `ca`.
 fn tls_config(dir: &Path, redis_url: &str, ca: &Path) -> std::path::PathBuf {
@@ -117,7 +86,7 @@ fn every_session_is_encrypted_and_verified_when_the_dsn_asks() {
             .unwrap(),
     );
     let run_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    eventually(
+    eventually_or(
         "pgprism leads and streams over TLS",
         Duration::from_secs(60),
         || get(port, "/readyz").filter(|(s, b)| *s == 200 && b.contains("leader")),
@@ -133,7 +102,7 @@ fn every_session_is_encrypted_and_verified_when_the_dsn_asks() {
     )
     .unwrap();
     let truth = "SELECT * FROM order_read_model_truth";
-    eventually(
+    eventually_or(
         "order_read_model equals the truth",
         Duration::from_secs(60),
         || {
@@ -149,7 +118,7 @@ fn every_session_is_encrypted_and_verified_when_the_dsn_asks() {
         "SELECT id FROM orders WHERE status = 'confirmed' ORDER BY id LIMIT 1",
     )[0]
     .clone();
-    let status = eventually(
+    let status = eventually_or(
         "Redis (rediss://) has the orders",
         Duration::from_secs(30),
         || {

@@ -219,3 +219,36 @@ impl LiveTail {
         (lines, stderr)
     }
 }
+
+/// Rows of `sql` in `db` (with `TimeZone` UTC), one `|`-separated line each, sorted.
+pub fn rows(pg: &PgServer, db: &str, sql: &str) -> Vec<String> {
+    let mut r: Vec<String> = pg
+        .psql(db, &format!("SET TimeZone = 'UTC'; {sql}"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    r.sort();
+    r
+}
+
+/// Poll `f` every 100 ms until it gives a value; fail after `limit`, showing `context()`.
+pub fn eventually_or<T>(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what}: not within {limit:?}\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
