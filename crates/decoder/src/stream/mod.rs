@@ -714,8 +714,8 @@ fn qualified_table(name: &str) -> Result<String, StreamError> {
 
 /// The replication session's TLS: the same `sslmode`, root and client certificates as the
 /// DSN's SQL sessions (`pgprism_pg::TlsOptions`). Two differences of the transport:
-/// without `sslrootcert`, `verify-*` trust Mozilla's roots (webpki-roots), and
-/// `verify-full` refuses an IP address as the host.
+/// with `sslrootcert=system` it trusts Mozilla's roots (webpki-roots) rather than the
+/// system's, and `verify-full` refuses an IP address as the host.
 fn replication_tls(dsn: &Dsn) -> pgwire_replication::TlsConfig {
     use pgwire_replication::SslMode as Wire;
     let tls = dsn.tls();
