@@ -230,12 +230,16 @@ COMMIT;"
             v.iter().map(|d| format!("{d:.2?}")).collect::<Vec<_>>()
         );
     }
-    let base = median(&times[Contender::Baseline.label()]);
-    let ours = median(&times[Contender::Pgprism.label()]);
+    let (Some(base), Some(ours)) = (
+        times.get(Contender::Baseline.label()),
+        times.get(Contender::Pgprism.label()),
+    ) else {
+        return;
+    };
     println!(
-        "ratio (baseline time / pgprism time, >1 = pgprism faster): {:.2}×; \
+        "ratio (baseline time / pgprism time, >1 = pgprism faster), paired per round: {}; \
          pgprism flushes per round: {flushes:?} (batch {BATCH_ROWS} rows)",
-        base.as_secs_f64() / ours.as_secs_f64()
+        common::paired(base, ours)
     );
 }
 

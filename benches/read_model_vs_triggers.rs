@@ -534,24 +534,12 @@ fn main() {
         );
     }
     // Paired per round: each round's baseline over the same round's pgprism.
-    let paired = |baseline: &[Run]| -> (Vec<f64>, f64) {
-        let mut ratios: Vec<f64> = baseline
-            .iter()
-            .zip(&pgprism)
-            .map(|(b, p)| b.catch_up.as_secs_f64() / p.catch_up.as_secs_f64())
-            .collect();
-        let by_round = ratios.clone();
-        ratios.sort_by(f64::total_cmp);
-        (by_round, ratios[ratios.len() / 2])
-    };
+    let pgprism_times: Vec<Duration> = pgprism.iter().map(|r| r.catch_up).collect();
     for (label, runs) in [("triggers", &triggers), ("batched triggers", &batched)] {
-        let (rounds, median) = paired(runs);
+        let theirs: Vec<Duration> = runs.iter().map(|r| r.catch_up).collect();
         println!(
-            "ratio vs {label} (pgprism changes/s ÷ {label} changes/s, paired per round): median {median:.1}×, rounds {:?}",
-            rounds
-                .iter()
-                .map(|x| format!("{x:.1}×"))
-                .collect::<Vec<_>>()
+            "ratio vs {label} (pgprism changes/s ÷ {label} changes/s), paired per round: {}",
+            common::paired(&theirs, &pgprism_times)
         );
     }
     println!(

@@ -195,6 +195,9 @@ fn main() {
                 times[i].push(elapsed);
             }
         }
+        // Paired per round before the medians sort the rounds.
+        let vs_recvlogical = common::paired(&times[0], &times[1]);
+        let vs_raw = common::paired(&times[2], &times[1]);
         let median = |v: &mut Vec<Duration>| {
             v.sort();
             v[v.len() / 2]
@@ -216,10 +219,8 @@ fn main() {
             );
         }
         println!(
-            "ratios: tail / pg_recvlogical = {:.2}×, tail / raw = {:.2}×; tail peak RSS {} kB",
-            rate(m[1]) / rate(m[0]),
-            rate(m[1]) / rate(m[2]),
-            tail_rss
+            "ratios (tail rows/s ÷ theirs, paired per round): vs pg_recvlogical {vs_recvlogical}; \
+             vs raw {vs_raw}; tail peak RSS {tail_rss} kB"
         );
     }
 }

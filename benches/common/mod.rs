@@ -9,6 +9,31 @@ pub fn env_number(name: &str) -> Option<f64> {
     std::env::var(name).ok().and_then(|s| s.parse().ok())
 }
 
+/// Each round's ratio `baseline time / ours` (> 1: ours faster), paired by round — the
+/// machine's speed drifts between rounds, not within one — and their median, as
+/// `median 1.23×, rounds [1.20×, 1.23×, 1.31×]`.
+#[allow(dead_code)] // the benches with one baseline; live_lag pairs throughputs itself
+pub fn paired(baseline: &[std::time::Duration], ours: &[std::time::Duration]) -> String {
+    let by_round: Vec<f64> = baseline
+        .iter()
+        .zip(ours)
+        .map(|(b, o)| b.as_secs_f64() / o.as_secs_f64())
+        .collect();
+    let mut sorted = by_round.clone();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.get(sorted.len() / 2) {
+        Some(median) => format!(
+            "median {median:.2}×, rounds [{}]",
+            by_round
+                .iter()
+                .map(|r| format!("{r:.2}×"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => "no paired rounds".to_owned(),
+    }
+}
+
 /// The common start of a bench.
 pub struct Bench {
     /// `PGPRISM_BENCH_SCALE` (default 1.0): the share of the full workload.
