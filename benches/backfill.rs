@@ -56,7 +56,7 @@
 
 mod common;
 
-use common::ORDER_QUERY;
+use pgprism_testkit::shop::order_read_model_projection;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::pin;
@@ -121,21 +121,11 @@ table = "public.products_copy"
 
 /// The order read model of the sink tests, Postgres target (in the sink database) only.
 fn order_read_model_toml() -> String {
-    format!(
-        r#"
-name = "order_read_model"
-kind = "query"
-key = ["id"]
-query = """{ORDER_QUERY}"""
-[keys]
-"public.orders" = {{ column = "id" }}
-"public.order_items" = {{ column = "order_id" }}
-"public.customers" = {{ query = "SELECT id FROM orders WHERE customer_id = ANY($1)" }}
-"public.products" = {{ query = "SELECT DISTINCT order_id FROM order_items WHERE product_id = ANY($1)" }}
-[[targets]]
+    order_read_model_projection(
+        r#"[[targets]]
 sink = "sink"
 table = "public.order_read_model"
-"#
+"#,
     )
 }
 

@@ -41,7 +41,7 @@
 
 mod common;
 
-use common::ORDER_QUERY;
+use pgprism_testkit::shop::order_read_model_projection;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -548,87 +548,86 @@ fn main() {
     );
 }
 
-/// Drain the events table with `n` consumers; timed from their start (connected and
-/// prepared) until the last one found nothing left.
+/// Drain the events table with `n` consumers of one event each; timed from their start
+/// (connected and prepared) until the last one found nothing left.
 async fn run_triggers(pg: &PgServer, db: &str, n: usize) -> Duration {
-    let barrier = Arc::new(Barrier::new(n + 1));
-    let mut tasks = Vec::new();
-    for _ in 0..n {
-        let client = pg.client(db).await.expect("client");
-        let barrier = barrier.clone();
-        tasks.push(tokio::spawn(async move {
-            let claim = client.prepare(CLAIM).await.unwrap();
-            let recompute = client.prepare(RECOMPUTE).await.unwrap();
-            let done = client.prepare(DONE).await.unwrap();
-            barrier.wait().await;
-            let mut processed = 0u64;
-            loop {
-                client.batch_execute("BEGIN").await.unwrap();
-                let rows = client.query(&claim, &[]).await.unwrap();
-                let Some(row) = rows.first() else {
-                    client.batch_execute("COMMIT").await.unwrap();
-                    return processed;
-                };
-                let (id, order): (i64, String) = (row.get(0), row.get(1));
-                client.execute(&recompute, &[&order]).await.unwrap();
-                client.execute(&done, &[&id]).await.unwrap();
+    drain(pg, db, n, |client, start| async move {
+        let claim = client.prepare(CLAIM).await.unwrap();
+        let recompute = client.prepare(RECOMPUTE).await.unwrap();
+        let done = client.prepare(DONE).await.unwrap();
+        start.wait().await;
+        let mut processed = 0u64;
+        loop {
+            client.batch_execute("BEGIN").await.unwrap();
+            let rows = client.query(&claim, &[]).await.unwrap();
+            let Some(row) = rows.first() else {
                 client.batch_execute("COMMIT").await.unwrap();
-                processed += 1;
-            }
-        }));
-    }
-    barrier.wait().await;
-    let t = Instant::now();
-    for task in tasks {
-        task.await.unwrap();
-    }
-    t.elapsed()
+                return processed;
+            };
+            let (id, order): (i64, String) = (row.get(0), row.get(1));
+            client.execute(&recompute, &[&order]).await.unwrap();
+            client.execute(&done, &[&id]).await.unwrap();
+            client.batch_execute("COMMIT").await.unwrap();
+            processed += 1;
+        }
+    })
+    .await
 }
 
 /// Drain the events table with `n` batched consumers: each claims up to [`BATCH_CLAIM`]
 /// events and recomputes their distinct orders in one statement, in one transaction.
 async fn run_triggers_batched(pg: &PgServer, db: &str, n: usize) -> Duration {
-    let barrier = Arc::new(Barrier::new(n + 1));
+    drain(pg, db, n, |client, start| async move {
+        let claim = client.prepare(CLAIM_MANY).await.unwrap();
+        let recompute = client.prepare(RECOMPUTE_MANY).await.unwrap();
+        start.wait().await;
+        let mut processed = 0u64;
+        loop {
+            client.batch_execute("BEGIN").await.unwrap();
+            let attempt = async {
+                let rows = client.query(&claim, &[]).await?;
+                let mut orders: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                orders.sort();
+                orders.dedup();
+                if !orders.is_empty() {
+                    client.execute(&recompute, &[&orders]).await?;
+                }
+                client.batch_execute("COMMIT").await?;
+                Ok::<usize, tokio_postgres::Error>(rows.len())
+            }
+            .await;
+            match attempt {
+                Ok(0) => return processed,
+                Ok(claimed) => processed += claimed as u64,
+                // Two consumers' overlapping orders: roll back (the events return) and
+                // claim again.
+                Err(e)
+                    if e.code()
+                        == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) =>
+                {
+                    client.batch_execute("ROLLBACK").await.unwrap();
+                }
+                Err(e) => panic!("batched consumer: {e}"),
+            }
+        }
+    })
+    .await
+}
+
+/// `n` consumers on their own sessions, each given its session and a barrier to wait on
+/// once prepared; timed from the barrier until every consumer returned.
+async fn drain<C, F>(pg: &PgServer, db: &str, n: usize, consumer: C) -> Duration
+where
+    C: Fn(tokio_postgres::Client, Arc<Barrier>) -> F,
+    F: Future<Output = u64> + Send + 'static,
+{
+    let start = Arc::new(Barrier::new(n + 1));
     let mut tasks = Vec::new();
     for _ in 0..n {
         let client = pg.client(db).await.expect("client");
-        let barrier = barrier.clone();
-        tasks.push(tokio::spawn(async move {
-            let claim = client.prepare(CLAIM_MANY).await.unwrap();
-            let recompute = client.prepare(RECOMPUTE_MANY).await.unwrap();
-            barrier.wait().await;
-            let mut processed = 0u64;
-            loop {
-                client.batch_execute("BEGIN").await.unwrap();
-                let attempt = async {
-                    let rows = client.query(&claim, &[]).await?;
-                    let mut orders: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-                    orders.sort();
-                    orders.dedup();
-                    if !orders.is_empty() {
-                        client.execute(&recompute, &[&orders]).await?;
-                    }
-                    client.batch_execute("COMMIT").await?;
-                    Ok::<usize, tokio_postgres::Error>(rows.len())
-                }
-                .await;
-                match attempt {
-                    Ok(0) => return processed,
-                    Ok(claimed) => processed += claimed as u64,
-                    // Two consumers' overlapping orders: roll back (the events return)
-                    // and claim again.
-                    Err(e)
-                        if e.code()
-                            == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) =>
-                    {
-                        client.batch_execute("ROLLBACK").await.unwrap();
-                    }
-                    Err(e) => panic!("batched consumer: {e}"),
-                }
-            }
-        }));
+        tasks.push(tokio::spawn(consumer(client, start.clone())));
     }
-    barrier.wait().await;
+    start.wait().await;
     let t = Instant::now();
     for task in tasks {
         task.await.unwrap();
@@ -638,21 +637,11 @@ async fn run_triggers_batched(pg: &PgServer, db: &str, n: usize) -> Duration {
 
 /// The projection of the sink tests, Postgres target only.
 fn config(dsn: &str) -> ProjectorConfig {
-    let toml_text = format!(
-        r#"
-name = "order_read_model"
-kind = "query"
-key = ["id"]
-query = """{ORDER_QUERY}"""
-[keys]
-"public.orders" = {{ column = "id" }}
-"public.order_items" = {{ column = "order_id" }}
-"public.customers" = {{ query = "SELECT id FROM orders WHERE customer_id = ANY($1)" }}
-"public.products" = {{ query = "SELECT DISTINCT order_id FROM order_items WHERE product_id = ANY($1)" }}
-[[targets]]
+    let toml_text = order_read_model_projection(
+        r#"[[targets]]
 sink = "pg"
 table = "public.order_read_model"
-"#
+"#,
     );
     let projection: ProjectionSpec = toml::from_str(&toml_text).expect("projection TOML");
     ProjectorConfig {

@@ -70,18 +70,3 @@ pub fn start() -> Option<Bench> {
         rt,
     })
 }
-
-/// The projection query of the sink tests (`crates/sink/tests/common/mod.rs`).
-#[allow(dead_code)] // the sink benches'; the others start no projection
-pub const ORDER_QUERY: &str = "
-SELECT o.id, c.name AS customer_name, c.email AS customer_email, o.status,
-       coalesce(sum(i.quantity), 0)::int AS item_count,
-       coalesce(sum(i.quantity * i.unit_cents), 0)::int AS total_cents,
-       (SELECT p.name FROM order_items fi JOIN products p ON p.id = fi.product_id
-         WHERE fi.order_id = o.id ORDER BY fi.id LIMIT 1) AS first_item_name,
-       o.created_at, o.updated_at
-  FROM orders o
-  JOIN customers c ON c.id = o.customer_id
-  LEFT JOIN order_items i ON i.order_id = o.id
- WHERE o.id = ANY($1)
- GROUP BY o.id, c.name, c.email";

@@ -4,6 +4,39 @@
 
 use rand::{Rng, SeedableRng};
 
+/// The `order_read_model` projection query of the tests and benchmarks: the read model's
+/// rows for the order ids in `$1` (the example configuration's query, as a constant).
+pub const ORDER_QUERY: &str = "
+SELECT o.id, c.name AS customer_name, c.email AS customer_email, o.status,
+       coalesce(sum(i.quantity), 0)::int AS item_count,
+       coalesce(sum(i.quantity * i.unit_cents), 0)::int AS total_cents,
+       (SELECT p.name FROM order_items fi JOIN products p ON p.id = fi.product_id
+         WHERE fi.order_id = o.id ORDER BY fi.id LIMIT 1) AS first_item_name,
+       o.created_at, o.updated_at
+  FROM orders o
+  JOIN customers c ON c.id = o.customer_id
+  LEFT JOIN order_items i ON i.order_id = o.id
+ WHERE o.id = ANY($1)
+ GROUP BY o.id, c.name, c.email";
+
+/// The `order_read_model` query projection as TOML (`[[projections]]` content): the
+/// query, the key mappings of all four tables, then `targets` (`[[targets]]` tables).
+pub fn order_read_model_projection(targets: &str) -> String {
+    format!(
+        r#"
+name = "order_read_model"
+kind = "query"
+key = ["id"]
+query = """{ORDER_QUERY}"""
+[keys]
+"public.orders" = {{ column = "id" }}
+"public.order_items" = {{ column = "order_id" }}
+"public.customers" = {{ query = "SELECT id FROM orders WHERE customer_id = ANY($1)" }}
+"public.products" = {{ query = "SELECT DISTINCT order_id FROM order_items WHERE product_id = ANY($1)" }}
+{targets}"#
+    )
+}
+
 /// A randomized shop workload: inserts, updates and deletes over all four tables,
 /// including customer and product renames, item moves and deletes, and order deletes.
 /// `txns` transactions of 1–3 operations each. Panics on a database error (it is a test

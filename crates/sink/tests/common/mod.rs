@@ -19,19 +19,6 @@ use tokio::sync::watch;
 pub const SCHEMA: &str = include_str!("../../../../sql/schema.sql");
 pub const READ_MODELS: &str = include_str!("../../../../sql/read_models.sql");
 
-pub const ORDER_QUERY: &str = "
-SELECT o.id, c.name AS customer_name, c.email AS customer_email, o.status,
-       coalesce(sum(i.quantity), 0)::int AS item_count,
-       coalesce(sum(i.quantity * i.unit_cents), 0)::int AS total_cents,
-       (SELECT p.name FROM order_items fi JOIN products p ON p.id = fi.product_id
-         WHERE fi.order_id = o.id ORDER BY fi.id LIMIT 1) AS first_item_name,
-       o.created_at, o.updated_at
-  FROM orders o
-  JOIN customers c ON c.id = o.customer_id
-  LEFT JOIN order_items i ON i.order_id = o.id
- WHERE o.id = ANY($1)
- GROUP BY o.id, c.name, c.email";
-
 /// A mirror of `public.products` into `public.products_copy` and `product:{id}` hashes.
 pub const PRODUCTS_MIRROR: &str = r#"
 name = "products"
@@ -47,25 +34,15 @@ key = "product:{id}"
 
 /// The order read model as configured by a user: Postgres table and Redis hashes.
 pub fn order_read_model_toml() -> String {
-    format!(
-        r#"
-name = "order_read_model"
-kind = "query"
-key = ["id"]
-query = """{ORDER_QUERY}"""
-[keys]
-"public.orders" = {{ column = "id" }}
-"public.order_items" = {{ column = "order_id" }}
-"public.customers" = {{ query = "SELECT id FROM orders WHERE customer_id = ANY($1)" }}
-"public.products" = {{ query = "SELECT DISTINCT order_id FROM order_items WHERE product_id = ANY($1)" }}
-[[targets]]
+    pgprism_testkit::shop::order_read_model_projection(
+        r#"[[targets]]
 sink = "pg"
 table = "public.order_read_model"
 [[targets]]
 sink = "cache"
-key = "order:{{id}}"
+key = "order:{id}"
 format = "hash"
-"#
+"#,
     )
 }
 
