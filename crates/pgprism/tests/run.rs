@@ -65,6 +65,7 @@ async fn redis_orders_match_the_truth(
 }
 
 struct Replica {
+    name: String,
     child: ChildGuard,
     port: u16,
     log: std::path::PathBuf,
@@ -89,6 +90,7 @@ fn start_replica(name: &str, config: &Path, dsn: &str, redis: &str, dir: &Path) 
         .spawn()
         .expect("start pgprism run");
     Replica {
+        name: name.to_owned(),
         child: ChildGuard::new(child),
         port,
         log,
@@ -102,6 +104,21 @@ impl Replica {
 
     fn ready(&self) -> Option<String> {
         get(self.port, "/readyz").and_then(|(s, b)| (s == 200).then_some(b))
+    }
+
+    /// Whether `/readyz` answers 200 naming `role` (`leader` or `standby`).
+    fn is(&self, role: &str) -> bool {
+        self.ready().is_some_and(|b| b.contains(role))
+    }
+
+    /// Wait up to `limit` until `/readyz` names `role`; on failure show the replica's log.
+    fn wait_for(&self, role: &str, limit: Duration) {
+        eventually_or(
+            &format!("{} is {role}", self.name),
+            limit,
+            || self.is(role).then_some(()),
+            || self.log(),
+        );
     }
 }
 
@@ -130,12 +147,7 @@ fn a_slow_recompute_is_logged_once_with_its_likely_cause() {
     assert_ne!(slow, EXAMPLE);
     std::fs::write(&config, slow).unwrap();
     let a = start_replica("a", &config, &dsn, &redis.url(), dir.path());
-    eventually_or(
-        "a leads and streams",
-        Duration::from_secs(30),
-        || a.ready().filter(|b| b.contains("leader")),
-        || a.log(),
-    );
+    a.wait_for("leader", Duration::from_secs(30));
     let confirmed = || {
         rows(
             &pg,
@@ -184,17 +196,9 @@ async fn two_replicas_survive_a_sigterm_of_the_leader_and_the_read_models_match_
     std::fs::write(&config, EXAMPLE).unwrap();
 
     let a = start_replica("a", &config, &dsn, &redis.url(), dir.path());
-    let leader = eventually_or(
-        "a leads and streams",
-        Duration::from_secs(30),
-        || a.ready().filter(|b| b.contains("leader")),
-        || a.log(),
-    );
-    assert!(leader.contains("leader"), "{}", a.log());
+    a.wait_for("leader", Duration::from_secs(30));
     let mut b = start_replica("b", &config, &dsn, &redis.url(), dir.path());
-    eventually("b is a ready standby", Duration::from_secs(30), || {
-        b.ready().filter(|r| r.contains("standby"))
-    });
+    b.wait_for("standby", Duration::from_secs(30));
 
     let writer = pg.client(&db).await.unwrap();
     let workload = tokio::spawn(async move {
@@ -228,9 +232,7 @@ async fn two_replicas_survive_a_sigterm_of_the_leader_and_the_read_models_match_
         .expect("a exits within its shutdown deadline");
     assert!(code.success(), "a exited with {code:?}:\n{}", a.log());
     assert!(a.log().contains("lock released"), "{}", a.log());
-    eventually("b leads", Duration::from_secs(10), || {
-        b.ready().filter(|r| r.contains("leader"))
-    });
+    b.wait_for("leader", Duration::from_secs(10));
     let takeover = stopped.elapsed();
     eprintln!("standby streaming {takeover:?} after SIGTERM of the leader");
     assert!(
@@ -769,21 +771,10 @@ async fn kill_9_of_the_leading_process_is_taken_over_at_once_and_loses_nothing()
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("pgprism.toml");
     std::fs::write(&config, EXAMPLE).unwrap();
-    let leads = |r: &Replica| r.ready().is_some_and(|b| b.contains("leader"));
     let mut leader = start_replica("r0", &config, &dsn, &redis.url(), dir.path());
-    eventually_or(
-        "r0 leads",
-        Duration::from_secs(30),
-        || leads(&leader).then_some(()),
-        || leader.log(),
-    );
+    leader.wait_for("leader", Duration::from_secs(30));
     let mut standby = start_replica("r1", &config, &dsn, &redis.url(), dir.path());
-    eventually_or(
-        "r1 is a ready standby",
-        Duration::from_secs(30),
-        || standby.ready().filter(|b| b.contains("standby")),
-        || standby.log(),
-    );
+    standby.wait_for("standby", Duration::from_secs(30));
     let writer = pg.client(&db).await.unwrap();
     let workload = tokio::spawn(async move {
         pgprism_testkit::shop::workload(&writer, 1_500, 41).await;
@@ -812,7 +803,7 @@ async fn kill_9_of_the_leading_process_is_taken_over_at_once_and_loses_nothing()
             "the standby leads and the change after the kill is visible",
             Duration::from_secs(30),
             || {
-                if ready_at.is_none() && leads(&standby) {
+                if ready_at.is_none() && standby.is("leader") {
                     ready_at = Some(killed.elapsed());
                 }
                 if visible_at.is_none() && marker(&pg, &db) == [name.clone()] {
@@ -840,12 +831,7 @@ async fn kill_9_of_the_leading_process_is_taken_over_at_once_and_loses_nothing()
             &redis.url(),
             dir.path(),
         );
-        eventually_or(
-            "the restarted replica is a ready standby",
-            Duration::from_secs(30),
-            || next.ready().filter(|b| b.contains("standby")),
-            || next.log(),
-        );
+        next.wait_for("standby", Duration::from_secs(30));
         leader = std::mem::replace(&mut standby, next);
     }
     workload.await.unwrap();
