@@ -38,14 +38,13 @@ pub type Connection = JoinHandle<Result<(), tokio_postgres::Error>>;
 /// Errors are the server's or the network's; [`error_text`] words them for a log line.
 pub async fn connect(dsn: &Dsn) -> Result<(Client, Connection), tokio_postgres::Error> {
     let config = dsn.session_config();
-    let (client, connection) = match dsn.tls().client_config() {
+    let (client, connection) = match dsn.tls().connector() {
         None => {
             let (client, conn) = config.connect(NoTls).await?;
             (client, spawn(conn))
         }
         Some(tls) => {
-            let make = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
-            let (client, conn) = config.connect(make).await?;
+            let (client, conn) = config.connect(tls.clone()).await?;
             (client, spawn(conn))
         }
     };

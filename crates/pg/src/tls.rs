@@ -91,8 +91,10 @@ pub struct TlsOptions {
     mode: SslMode,
     root_cert: Option<PathBuf>,
     client_cert: Option<(PathBuf, PathBuf)>,
-    /// `None` for `disable` (and unix sockets).
-    client: Option<Arc<ClientConfig>>,
+    /// What of the server's certificate is checked; `None` when TLS is off.
+    verify: Option<Verify>,
+    /// The TLS connector of SQL sessions, built once; `None` when TLS is off.
+    connector: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
 
 impl TlsOptions {
@@ -120,19 +122,18 @@ impl TlsOptions {
             (None, Some(Verify::Chain | Verify::ChainAndName)) => Some(default_root_cert()?),
             (None, _) => None,
         };
-        let client = match verify {
+        let connector = match verify {
             None => None,
-            Some(v) => Some(Arc::new(client_config(
-                v,
-                root_cert.as_deref(),
-                client_cert.as_ref(),
-            )?)),
+            Some(v) => Some(tokio_postgres_rustls::MakeRustlsConnect::new(
+                client_config(v, root_cert.as_deref(), client_cert.as_ref())?,
+            )),
         };
         Ok(TlsOptions {
             mode,
             root_cert,
             client_cert,
-            client,
+            verify,
+            connector,
         })
     }
 
@@ -141,12 +142,10 @@ impl TlsOptions {
         self.mode
     }
 
-    /// Whether the server's chain is checked (`verify-ca`, `verify-full`, or `require`
-    /// with a root certificate).
+    /// Whether the server's chain is checked (`verify-ca`, `verify-full`, or `prefer` /
+    /// `require` with a root certificate, as libpq).
     pub fn verifies_chain(&self) -> bool {
-        self.mode == SslMode::VerifyCa
-            || self.mode == SslMode::VerifyFull
-            || (self.mode.requires_tls() && self.root_cert.is_some())
+        matches!(self.verify, Some(Verify::Chain | Verify::ChainAndName))
     }
 
     /// The root certificate file (`None`: not verifying, or `sslrootcert=system`).
@@ -163,9 +162,9 @@ impl TlsOptions {
             .map(|(c, k)| (c.as_path(), k.as_path()))
     }
 
-    /// The rustls config of SQL sessions; `None` when TLS is off.
-    pub(crate) fn client_config(&self) -> Option<&Arc<ClientConfig>> {
-        self.client.as_ref()
+    /// The TLS connector of SQL sessions; `None` when TLS is off.
+    pub(crate) fn connector(&self) -> Option<&tokio_postgres_rustls::MakeRustlsConnect> {
+        self.connector.as_ref()
     }
 }
 

@@ -134,16 +134,14 @@ pub(crate) fn open(
     ca_file: Option<&std::path::Path>,
     target: &str,
 ) -> Result<redis::Client, SinkError> {
+    // rediss:// builds its rustls config from the process default provider.
+    pgprism_pg::install_crypto_provider();
     let client = match ca_file {
-        None => {
-            pgprism_pg::install_crypto_provider();
-            redis::Client::open(url)
-        }
+        None => redis::Client::open(url),
         Some(path) => {
             let pem = std::fs::read(path).map_err(|e| {
                 SinkError::config(target, format!("ca_file {}: {e}", path.display()))
             })?;
-            pgprism_pg::install_crypto_provider();
             redis::Client::build_with_tls(
                 url,
                 redis::TlsCertificates {

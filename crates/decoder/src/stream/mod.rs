@@ -722,8 +722,9 @@ fn replication_tls(dsn: &Dsn) -> pgwire_replication::TlsConfig {
     let mode = match tls.mode() {
         SslMode::Disable => Wire::Disable,
         SslMode::VerifyFull => Wire::VerifyFull,
-        _ if tls.verifies_chain() => Wire::VerifyCa,
+        // The transport's verifying modes refuse a server without TLS: `prefer` stays.
         SslMode::Prefer => Wire::Prefer,
+        _ if tls.verifies_chain() => Wire::VerifyCa,
         SslMode::Require | SslMode::VerifyCa => Wire::Require,
     };
     pgprism_pg::install_crypto_provider();
