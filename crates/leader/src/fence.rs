@@ -293,6 +293,11 @@ impl PgFence {
         tx: &impl GenericClient,
         to: Offset,
     ) -> Result<(), LeaderError> {
+        // The batch is written in the open transaction, its offset is not.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("pg-before-offset-commit", |_| pgprism_pg::crash_at(
+            "pg-before-offset-commit"
+        ));
         self.set(tx, to, Direction::Forward).await
     }
 

@@ -183,6 +183,12 @@ impl RedisFence {
         conn: &mut impl ConnectionLike,
         to: Offset,
     ) -> Result<(), LeaderError> {
+        // The batch's guarded writes are done, the offset has not moved: the next leader
+        // delivers the batch again and the guards keep every key where it is.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("redis-before-offset-commit", |_| pgprism_pg::crash_at(
+            "redis-before-offset-commit"
+        ));
         self.set(conn, to, "forward").await
     }
 

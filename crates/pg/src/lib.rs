@@ -133,6 +133,15 @@ pub fn quote_literal(value: &str) -> String {
     out
 }
 
+/// What an armed failpoint does (crates' `failpoints` feature, `FAILPOINTS` at run time):
+/// say which on stderr, then abort the process. SIGABRT is like kill -9 for everyone
+/// else: no destructor runs, no further byte leaves on any socket, every open
+/// transaction is cut off.
+pub fn crash_at(point: &str) -> ! {
+    eprintln!("failpoint {point} hit");
+    std::process::abort()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,6 +93,15 @@ pub struct Source {
     /// Create the slot and publication if they do not exist.
     #[serde(default = "yes")]
     pub create: bool,
+    /// Largest number of changes of one transaction handed to the projections at once: a
+    /// bigger transaction is applied in several flushes (its offset moves inside it), so
+    /// memory stays bounded.
+    #[serde(default = "default_chunk_changes")]
+    pub chunk_changes: usize,
+}
+
+fn default_chunk_changes() -> usize {
+    pgprism_decoder::stream::DEFAULT_CHUNK_CHANGES
 }
 
 fn yes() -> bool {
@@ -107,6 +116,7 @@ impl std::fmt::Debug for Source {
             .field("publication", &self.publication)
             .field("tables", &self.tables)
             .field("create", &self.create)
+            .field("chunk_changes", &self.chunk_changes)
             .finish()
     }
 }
@@ -306,6 +316,9 @@ impl Config {
                     format!("{t:?} is not a table name like public.orders"),
                 ));
             }
+        }
+        if self.source.chunk_changes == 0 {
+            return Err(key_err("source.chunk_changes", "must be at least 1"));
         }
         for (key, d) in [
             ("leader.retry_interval", self.leader.retry_interval),

@@ -24,6 +24,13 @@ use clap::{Parser, Subcommand};
 pub use config::{Config, ConfigError};
 pub use run::run;
 
+/// `pgprism --version`: a build with crash points says so (the chaos tests check it).
+const VERSION: &str = if cfg!(feature = "failpoints") {
+    concat!(env!("CARGO_PKG_VERSION"), " (failpoints)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 /// Exit code for a run that failed (bad input, unreachable server, server error).
 const EXIT_FAILURE: u8 = 1;
 
@@ -33,7 +40,7 @@ const EXIT_FAILURE: u8 = 1;
 /// Exit codes: 0 success, 1 runtime failure (the message says what and how to fix it),
 /// 2 command-line usage error.
 #[derive(Debug, Parser)]
-#[command(name = "pgprism", version, about, long_about)]
+#[command(name = "pgprism", version = VERSION, about, long_about)]
 struct Cli {
     /// Log filter for stderr, e.g. `info` or `pgprism=debug` (overrides RUST_LOG).
     #[arg(long, global = true, env = "PGPRISM_LOG", default_value = "warn")]
@@ -68,6 +75,10 @@ enum Command {
 pub fn cli_main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
+    if let Err(e) = arm_failpoints() {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
     // One thread: pgprism's work is many small messages between its sessions (the stream,
     // the sinks, the source), each a hand-off between tasks. On one thread a hand-off is
     // a poll; across worker threads it is a futex wake-up and a context switch. Measured
@@ -104,6 +115,34 @@ pub fn cli_main() -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// Arm the crash points `FAILPOINTS` names (`NAME=ACTIONS;…`, the `fail` crate's
+/// syntax, e.g. `pg-before-offset-commit=2*off->return`: the third offset commit to a
+/// Postgres sink aborts the process). A build without the `failpoints` feature refuses
+/// the variable rather than ignore it.
+fn arm_failpoints() -> Result<(), String> {
+    let Some(spec) = std::env::var_os("FAILPOINTS") else {
+        return Ok(());
+    };
+    let spec = spec
+        .into_string()
+        .map_err(|_| "FAILPOINTS is not valid UTF-8".to_owned())?;
+    if !cfg!(feature = "failpoints") {
+        return Err(format!(
+            "FAILPOINTS={spec:?} is set, but this pgprism was built without the \
+             `failpoints` feature (cargo build -p pgprism --features failpoints)"
+        ));
+    }
+    #[cfg(feature = "failpoints")]
+    for point in spec.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, actions) = point
+            .split_once('=')
+            .ok_or_else(|| format!("FAILPOINTS: {point:?}: want NAME=ACTIONS"))?;
+        fail::cfg(name.trim(), actions.trim())
+            .map_err(|e| format!("FAILPOINTS: {point:?}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// The error and its causes on one line, each cause once (messages often quote their

@@ -190,6 +190,7 @@ async fn lead(
         let mut scfg = StreamConfig::new(dsn.clone(), &cfg.source.slot, &cfg.source.publication);
         scfg.start_lsn = projector.resume_lsn();
         scfg.application_name = format!("pgprism {}", cfg.pipeline);
+        scfg.chunk_changes = cfg.source.chunk_changes;
         if cfg.source.create {
             scfg.create_slot = Some(SlotCreation { temporary: false });
             scfg.create_publication_for = Some(cfg.source.tables.clone());
@@ -236,7 +237,12 @@ async fn lead(
             &opts,
             |report| {
                 if report.changes > 0 {
-                    tracing::debug!(changes = report.changes, written = report.written, took = ?report.took, offset = %report.offset.resume_lsn, "flushed");
+                    tracing::debug!(changes = report.changes, written = report.written, took_us = report.took.as_micros() as u64, offset = %report.offset.resume_lsn, "flushed");
+                    // Durable in every target, the slot not yet acknowledged.
+                    #[cfg(feature = "failpoints")]
+                    fail::fail_point!("after-sink-commit", |_| pgprism_pg::crash_at(
+                        "after-sink-commit"
+                    ));
                 }
             },
         );

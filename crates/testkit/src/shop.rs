@@ -4,6 +4,101 @@
 
 use rand::{Rng, SeedableRng};
 
+/// The example write model (`sql/schema.sql`).
+pub const SCHEMA: &str = include_str!("../../../sql/schema.sql");
+/// The example read models and their ground truth (`sql/read_models.sql`).
+pub const READ_MODELS: &str = include_str!("../../../sql/read_models.sql");
+
+/// The columns of order_read_model, in the order [`TRUTH`] and [`MODEL`] select them.
+pub const ORDER_COLUMNS: [&str; 9] = [
+    "id",
+    "customer_name",
+    "customer_email",
+    "status",
+    "item_count",
+    "total_cents",
+    "first_item_name",
+    "created_at",
+    "updated_at",
+];
+
+/// The ground truth as text, in the form the pipeline writes (session TimeZone UTC).
+pub const TRUTH: &str = "SELECT id::text, customer_name, customer_email, status, item_count::text,
+        total_cents::text, first_item_name, created_at::text, updated_at::text
+   FROM order_read_model_truth";
+/// The read model as text, like [`TRUTH`].
+pub const MODEL: &str = "SELECT id::text, customer_name, customer_email, status, item_count::text,
+        total_cents::text, first_item_name, created_at::text, updated_at::text
+   FROM order_read_model";
+
+/// Rows of `sql` as text (NULL as "∅"), sorted. Panics on a database error.
+pub async fn rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<String>> {
+    let mut rows: Vec<Vec<String>> = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nSQL: {sql}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("∅").to_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Every Redis hash matching `pattern`, as rows of `columns` (missing fields as "∅"),
+/// sorted; each key must end with its hash's `id`. Panics on a Redis error.
+pub async fn redis_rows(
+    conn: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+    columns: &[&str],
+) -> Vec<Vec<String>> {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(conn)
+        .await
+        .unwrap();
+    let mut rows = Vec::new();
+    for k in keys {
+        let h: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&k)
+            .query_async(conn)
+            .await
+            .unwrap();
+        assert!(
+            h.get("id").is_some_and(|id| k.ends_with(id.as_str())),
+            "key {k} holds its id: {h:?}"
+        );
+        rows.push(
+            columns
+                .iter()
+                .map(|c| h.get(*c).cloned().unwrap_or_else(|| "∅".to_owned()))
+                .collect(),
+        );
+    }
+    rows.sort();
+    rows
+}
+
+/// Assert two sorted row sets are equal, printing only what differs.
+pub fn assert_same(got: &[Vec<String>], want: &[Vec<String>], what: &str) {
+    if got == want {
+        return;
+    }
+    let missing: Vec<_> = want.iter().filter(|r| !got.contains(r)).take(5).collect();
+    let extra: Vec<_> = got.iter().filter(|r| !want.contains(r)).take(5).collect();
+    panic!(
+        "{what}: {} rows, want {}\nmissing or different (first 5): {missing:#?}\nunexpected (first 5): {extra:#?}",
+        got.len(),
+        want.len()
+    );
+}
+
 /// The `order_read_model` projection query of the tests and benchmarks: the read model's
 /// rows for the order ids in `$1` (the example configuration's query, as a constant).
 pub const ORDER_QUERY: &str = "

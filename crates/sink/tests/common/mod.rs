@@ -16,8 +16,7 @@ use pgprism_sink::{FlushReport, Projector, ProjectorConfig};
 use pgprism_testkit::{PgServer, RedisServer};
 use tokio::sync::watch;
 
-pub const SCHEMA: &str = include_str!("../../../../sql/schema.sql");
-pub const READ_MODELS: &str = include_str!("../../../../sql/read_models.sql");
+pub use pgprism_testkit::shop::{MODEL, ORDER_COLUMNS, READ_MODELS, SCHEMA, TRUTH, assert_same};
 
 /// A mirror of `public.products` into `public.products_copy` and `product:{id}` hashes.
 pub const PRODUCTS_MIRROR: &str = r#"
@@ -225,91 +224,15 @@ impl Env {
 
     /// Rows of `sql` as text (NULL as "∅"), sorted.
     pub async fn rows(&self, sql: &str) -> Vec<Vec<String>> {
-        let c = self.client().await;
-        let mut rows: Vec<Vec<String>> = c
-            .simple_query(sql)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
-                    (0..r.len())
-                        .map(|i| r.get(i).unwrap_or("∅").to_owned())
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .collect();
-        rows.sort();
-        rows
+        pgprism_testkit::shop::rows(&self.client().await, sql).await
     }
 }
 
 pub use pgprism_testkit::shop::workload as shop_workload;
 
-/// Assert two sorted row sets are equal, printing only what differs.
-pub fn assert_same(got: &[Vec<String>], want: &[Vec<String>], what: &str) {
-    if got == want {
-        return;
-    }
-    let missing: Vec<_> = want.iter().filter(|r| !got.contains(r)).take(5).collect();
-    let extra: Vec<_> = got.iter().filter(|r| !want.contains(r)).take(5).collect();
-    panic!(
-        "{what}: {} rows, want {}\nmissing or different (first 5): {missing:#?}\nunexpected (first 5): {extra:#?}",
-        got.len(),
-        want.len()
-    );
-}
-
-/// The columns of order_read_model, in the order TRUTH and MODEL select them.
-pub const ORDER_COLUMNS: [&str; 9] = [
-    "id",
-    "customer_name",
-    "customer_email",
-    "status",
-    "item_count",
-    "total_cents",
-    "first_item_name",
-    "created_at",
-    "updated_at",
-];
-
-/// The ground truth and the read model as text, in the form the pipeline writes.
-pub const TRUTH: &str = "SELECT id::text, customer_name, customer_email, status, item_count::text,
-        total_cents::text, first_item_name, created_at::text, updated_at::text
-   FROM order_read_model_truth";
-pub const MODEL: &str = "SELECT id::text, customer_name, customer_email, status, item_count::text,
-        total_cents::text, first_item_name, created_at::text, updated_at::text
-   FROM order_read_model";
-
 /// Every Redis hash matching `pattern`, as rows of `columns` (missing fields as "∅"), sorted.
 pub async fn redis_rows(env: &Env, pattern: &str, columns: &[&str]) -> Vec<Vec<String>> {
-    let mut conn = env.redis().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(pattern)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let mut rows = Vec::new();
-    for k in keys {
-        let h: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(&k)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        assert!(
-            h.get("id").is_some_and(|id| k.ends_with(id.as_str())),
-            "key {k} holds its id: {h:?}"
-        );
-        rows.push(
-            columns
-                .iter()
-                .map(|c| h.get(*c).cloned().unwrap_or_else(|| "∅".to_owned()))
-                .collect(),
-        );
-    }
-    rows.sort();
-    rows
+    pgprism_testkit::shop::redis_rows(&mut env.redis().await, pattern, columns).await
 }
 
 /// `order_read_model` in Postgres and the `order:{id}` hashes in Redis, each equal to the

@@ -1,5 +1,5 @@
-//! Chaos: the projector as a process of its own (`pgprism-projector`), killed with
-//! SIGKILL at random moments and aborted at chosen crash points while the application
+//! Chaos: `pgprism run` itself, killed with SIGKILL at random moments and aborted at its
+//! crash points (the `failpoints` feature, armed by `FAILPOINTS`) while the application
 //! writes, and started again each time. Afterwards every read model — a query projection
 //! and a mirror, each in Postgres and in Redis — equals the source row for row: nothing
 //! lost, nothing stale, no dead letter. All along, no target's offset goes back, and no
@@ -9,26 +9,23 @@
 //! asserted): the Postgres log names each sink transaction a kill cut off ("unexpected EOF
 //! on client connection with an open transaction"); a Redis target whose guards are ahead
 //! of its offset right after a death was killed between its batch and its offset write;
-//! and the flush lines give the share of a life spent flushing.
+//! and the `flushed` lines give the share of a life spent flushing.
 
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{
-    Env, MODEL, ORDER_COLUMNS, READ_MODELS, SCHEMA, TRUTH, assert_same, order_read_model_toml,
-    redis_rows,
-};
+use common::{Env, Log, PATIENCE, eventually, pgprism, start_run};
 use pgprism_decoder::Lsn;
 use pgprism_leader::{Offset, PgFence, RedisFence};
-use pgprism_testkit::{ChildGuard, PgServer, RedisServer, Signal};
+use pgprism_testkit::shop::{MODEL, ORDER_COLUMNS, TRUTH, assert_same};
+use pgprism_testkit::{ChildGuard, Signal};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::aio::MultiplexedConnection;
@@ -37,8 +34,6 @@ use tokio_postgres::Client;
 const PIPELINE: &str = "chaos";
 /// Deaths before the final, clean life: two of three by kill -9, one by a failpoint.
 const LIVES: usize = 33;
-/// How long any one step may take on a loaded machine before the test gives up.
-const PATIENCE: Duration = Duration::from_secs(30);
 /// How often offsets and read models are sampled while a projector lives.
 const SAMPLE_EVERY: Duration = Duration::from_millis(30);
 /// The application waits while the slot is this far behind: on a slow machine the
@@ -85,85 +80,11 @@ const PRODUCT_COLUMNS: [&str; 3] = ["id", "name", "price_cents"];
 const PRODUCTS: &str = "SELECT id::text, name, price_cents::text FROM public.products";
 const MIRRORED: &str = "SELECT id::text, name, price_cents::text FROM read.products";
 
-/// A line a projector printed, and when the test read it.
-#[derive(Debug, Clone)]
-struct Line {
-    at: Instant,
-    life: usize,
-    text: String,
-}
-
-/// Every line of every life (stdout and stderr), in the order read.
-#[derive(Debug, Clone)]
-struct Log {
-    began: Instant,
-    lines: Arc<Mutex<Vec<Line>>>,
-}
-
-impl Log {
-    fn new() -> Log {
-        Log {
-            began: Instant::now(),
-            lines: Arc::default(),
-        }
-    }
-
-    fn of(&self, life: usize) -> Vec<Line> {
-        let lines = self.lines.lock().unwrap();
-        lines.iter().filter(|l| l.life == life).cloned().collect()
-    }
-
-    /// The last lines, for failure messages.
-    fn tail(&self) -> String {
-        let lines = self.lines.lock().unwrap();
-        let skip = lines.len().saturating_sub(60);
-        lines[skip..]
-            .iter()
-            .map(|l| {
-                let ms = l.at.duration_since(self.began).as_millis();
-                format!("  +{ms}ms life {}: {}\n", l.life, l.text)
-            })
-            .collect()
-    }
-}
-
-/// A thread that copies `from` into `log` line by line until EOF.
-fn read_lines(from: impl Read + Send + 'static, life: usize, prefix: &'static str, log: &Log) {
-    let log = log.clone();
-    std::thread::spawn(move || {
-        for text in BufReader::new(from).lines().map_while(Result::ok) {
-            log.lines.lock().unwrap().push(Line {
-                at: Instant::now(),
-                life,
-                text: format!("{prefix}{text}"),
-            });
-        }
-    });
-}
-
-/// Call `attempt` every `every` until it yields a value; after `PATIENCE`, fail saying
-/// `what` with the tail of the projectors' output.
-async fn eventually<T>(
-    log: &Log,
-    every: Duration,
-    what: impl Fn() -> String,
-    mut attempt: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(found) = attempt().await {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "{}\n{}", what(), log.tail());
-        tokio::time::sleep(every).await;
-    }
-}
-
-/// Wait until no session of a dead projector is left on the server (all of them, and
+/// Wait until no session of a dead `pgprism run` is left on the server (all of them, and
 /// only they, carry a `pgprism` application name): the server logs a cut-off transaction
 /// as its backend notices, which may be only once a long statement ends.
 async fn sessions_gone(sql: &Client, log: &Log, when: &str) {
-    let what = || format!("{when}: sessions of the dead projector still open");
+    let what = || format!("{when}: sessions of the dead pgprism run still open");
     eventually(log, SAMPLE_EVERY, what, async || {
         let open: i64 = sql
             .query_one(
@@ -178,42 +99,32 @@ async fn sessions_gone(sql: &Client, log: &Log, when: &str) {
     .await;
 }
 
-/// One `pgprism-projector` process, SIGKILLed when dropped.
+/// One `pgprism run` process, SIGKILLed when dropped.
 struct Life {
     n: usize,
     child: ChildGuard,
 }
 
+/// The log's name of life `n`.
+fn who(n: usize) -> String {
+    format!("life {n}")
+}
+
 impl Life {
-    fn start(config: &Path, failpoint: Option<&str>, n: usize, log: &Log) -> Life {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgprism-projector"));
-        cmd.arg(config)
-            .env("RUST_LOG", "info")
-            .env_remove("PGPRISM_FAILPOINT");
-        if let Some(fp) = failpoint {
-            cmd.env("PGPRISM_FAILPOINT", fp);
-        }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting pgprism-projector");
-        read_lines(child.stdout.take().unwrap(), n, "", log);
-        read_lines(child.stderr.take().unwrap(), n, "stderr: ", log);
+    fn start(config: &Path, failpoints: Option<&str>, n: usize, log: &Log) -> Life {
         Life {
             n,
-            child: ChildGuard::new(child),
+            child: start_run(config, &who(n), failpoints, log),
         }
     }
 
-    /// When it first printed a line starting with `prefix`.
-    async fn printed(&self, prefix: &str, log: &Log) -> Instant {
-        let what = || format!("life {} never printed {prefix:?}", self.n);
+    /// When it first printed a line containing `text`.
+    async fn printed(&self, text: &str, log: &Log) -> Instant {
+        let what = || format!("life {} never printed {text:?}", self.n);
         eventually(log, Duration::from_millis(5), what, async || {
-            log.of(self.n)
+            log.of(&who(self.n))
                 .into_iter()
-                .find(|l| l.text.starts_with(prefix))
+                .find(|l| l.text.contains(text))
                 .map(|l| l.at)
         })
         .await
@@ -242,6 +153,36 @@ impl Life {
             log.tail()
         );
     }
+
+    /// SIGTERM: the clean stop exits 0.
+    fn stop(&mut self, log: &Log) {
+        self.child.signal(Signal::Term).unwrap();
+        let status = self.child.wait_timeout(PATIENCE);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "life {} on SIGTERM: {status:?}\n{}",
+            self.n,
+            log.tail()
+        );
+    }
+}
+
+/// What a life prints once it streams, and after each flush that carried changes.
+const STREAMING: &str = " streaming ";
+const FLUSHED: &str = " flushed ";
+
+/// `FAILPOINTS` arming each of `points` to abort on its `nth` pass (from 1).
+fn armed(points: &[&str], nth: u32) -> String {
+    let action = if nth == 1 {
+        "return".to_owned()
+    } else {
+        format!("{}*off->return", nth - 1)
+    };
+    points
+        .iter()
+        .map(|p| format!("{p}={action}"))
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 /// Signal numbers as `ExitStatus::signal` reports them (Linux).
@@ -250,26 +191,43 @@ mod signo {
     pub const KILL: i32 = 9;
 }
 
-/// The configuration file of one life: its own epoch, as a new leader would get. Small
-/// chunks, so that large transactions are applied in several flushes; `tiny` batches (a
-/// few changes) make a life cut the changes it redelivers differently from the life
-/// before it, so that a Redis key written ahead of its offset sees older changes again.
-fn config_text(env: &Env, epoch: usize, tiny: bool) -> String {
+/// The configuration file of every life (each gets its epoch from the election, as a new
+/// leader does). Small chunks, so that large transactions are applied in several flushes;
+/// `tiny` batches (a few changes) make a life cut the changes it redelivers differently
+/// from the life before it, so that a Redis key written ahead of its offset sees older
+/// changes again. `replay_window` keeps WAL behind the offsets for a replay.
+fn config_text(env: &Env, tiny: bool, replay_window: &str) -> String {
     let batch = if tiny {
         "min_rows = 1\nstart_rows = 4\nmax_rows = 8"
     } else {
         "start_rows = 250\nmax_rows = 4000"
     };
+    let order_read_model = pgprism_testkit::shop::order_read_model_projection(
+        r#"[[targets]]
+sink = "pg"
+table = "public.order_read_model"
+[[targets]]
+sink = "cache"
+key = "order:{id}"
+format = "hash"
+"#,
+    );
     let mut doc: toml::Table = toml::from_str(&format!(
         r#"
 pipeline = "{PIPELINE}"
-epoch = {epoch}
-takeover_after = "1s"
 [source]
 dsn = "{dsn}"
 slot = "pgprism"
 publication = "pgprism"
+create = false
 chunk_changes = 250
+[leader]
+retry_interval = "100ms"
+heartbeat_interval = "100ms"
+takeover_after = "1s"
+replay_window = "{replay_window}"
+[http]
+bind = ""
 [sinks.pg]
 kind = "postgres"
 dsn = "{dsn}"
@@ -284,7 +242,7 @@ max_age = "100ms"
         url = env.redis.url()
     ))
     .unwrap();
-    let projections = [order_read_model_toml(), MIRROR.to_owned()]
+    let projections = [order_read_model, MIRROR.to_owned()]
         .iter()
         .map(|p| toml::Value::Table(toml::from_str(p).unwrap()))
         .collect();
@@ -540,7 +498,7 @@ async fn application(client: Client, stop: Arc<AtomicBool>, seed: u64) -> usize 
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
-        common::shop_workload(&client, 15, seed.wrapping_add(round as u64)).await;
+        pgprism_testkit::shop::workload(&client, 15, seed.wrapping_add(round as u64)).await;
         for _ in 0..2 {
             client.batch_execute(HOT_PRODUCTS).await.unwrap();
         }
@@ -579,10 +537,13 @@ fn seeded_rng() -> (StdRng, u64) {
 /// between lands inside a flush.
 fn flushing_share(log: &Log, life: usize, from: Instant, died: Instant) -> f64 {
     let took_us: u64 = log
-        .of(life)
+        .of(&who(life))
         .iter()
-        .filter(|l| l.at > from)
-        .filter_map(|l| l.text.split(" took_us=").nth(1)?.parse::<u64>().ok())
+        .filter(|l| l.at > from && l.text.contains(FLUSHED))
+        .filter_map(|l| {
+            let rest = l.text.split(" took_us=").nth(1)?;
+            rest.split_whitespace().next()?.parse::<u64>().ok()
+        })
         .sum();
     let lived = died.saturating_duration_since(from).as_micros().max(1) as f64;
     (took_us as f64 / lived).min(1.0)
@@ -592,11 +553,7 @@ fn flushing_share(log: &Log, life: usize, from: Instant, died: Instant) -> f64 {
 /// publication holds the four source tables only, so the sinks' own writes (the same
 /// database here) do not come back through the slot.
 fn env() -> Env {
-    let pg = PgServer::start().expect("start postgres");
-    let redis = RedisServer::start().expect("start redis");
-    let (db, dsn) = pg.fresh_database().expect("database");
-    let env = Env { pg, redis, db, dsn };
-    env.sql(&format!("{SCHEMA}\n{READ_MODELS}\n{MIRROR_DDL}"));
+    let env = Env::shop(MIRROR_DDL);
     env.sql("CREATE PUBLICATION pgprism FOR TABLE customers, products, orders, order_items");
     env.sql("SELECT pg_create_logical_replication_slot('pgprism', 'pgoutput')");
     env
@@ -619,8 +576,8 @@ async fn kill_9_and_crash_points_lose_nothing_and_apply_nothing_twice() {
     let began = Instant::now();
     let env = env();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("projector.toml");
-    let log = Log::new();
+    let config = dir.path().join("pgprism.toml");
+    let log = Log::default();
     let (mut rng, seed) = seeded_rng();
     let mut watch = Watch {
         sql: env.client().await,
@@ -638,18 +595,19 @@ async fn kill_9_and_crash_points_lose_nothing_and_apply_nothing_twice() {
     for n in 0..LIVES {
         // Always after a death that left Redis ahead of its offset: the redelivery.
         let tiny = redis_was_ahead || rng.random_bool(0.1);
-        std::fs::write(&config, config_text(&env, n + 1, tiny)).unwrap();
-        // Every third life dies at a failpoint, in turn after a flush is durable everywhere
-        // but not acknowledged, or just before an offset commit to Postgres, to Redis, or
-        // to either.
+        std::fs::write(&config, config_text(&env, tiny, "0")).unwrap();
+        // Every third life dies at a failpoint on its Nth pass, in turn after a flush is
+        // durable everywhere but not acknowledged, or just before an offset commit to
+        // Postgres, to Redis, or to whichever comes first.
         let failpoint = (n % 3 == 2).then(|| {
             let nth = rng.random_range(1..=4);
-            match (n / 3) % 4 {
-                0 => format!("after-sink-commit:{nth}"),
-                1 => format!("before-offset-commit:pg:{nth}"),
-                2 => format!("before-offset-commit:cache:{nth}"),
-                _ => format!("before-offset-commit:{nth}"),
-            }
+            let points: &[&str] = match (n / 3) % 4 {
+                0 => &["after-sink-commit"],
+                1 => &["pg-before-offset-commit"],
+                2 => &["redis-before-offset-commit"],
+                _ => &["pg-before-offset-commit", "redis-before-offset-commit"],
+            };
+            armed(points, nth)
         });
         let how = failpoint.as_deref().unwrap_or("kill -9");
         let when = format!(
@@ -660,8 +618,8 @@ async fn kill_9_and_crash_points_lose_nothing_and_apply_nothing_twice() {
         let mut life = Life::start(&config, failpoint.as_deref(), n, &log);
         // Killed after its first flush, so the start's own transactions are behind it.
         let mut killed_streaming = false;
-        if let Some(fp) = &failpoint {
-            life.printed("ready ", &log).await;
+        if failpoint.is_some() {
+            life.printed(STREAMING, &log).await;
             let status = life.exit(&mut watch, &when, tiny).await;
             assert_eq!(
                 status.signal(),
@@ -670,10 +628,18 @@ async fn kill_9_and_crash_points_lose_nothing_and_apply_nothing_twice() {
                 log.tail()
             );
             // Its last words, once the reader thread has them.
-            let name = fp.rsplit_once(':').unwrap().0;
-            life.printed(&format!("stderr: failpoint {name} hit"), &log)
-                .await;
-            *tally.failpoints.entry(name.to_owned()).or_default() += 1;
+            life.printed("failpoint ", &log).await;
+            let name = log
+                .of(&who(n))
+                .iter()
+                .find_map(|l| {
+                    l.text
+                        .strip_prefix("failpoint ")?
+                        .strip_suffix(" hit")
+                        .map(str::to_owned)
+                })
+                .expect("the failpoint's line");
+            *tally.failpoints.entry(name).or_default() += 1;
         } else {
             // Some deaths while starting (stamping, the first flush's connections); most
             // while streaming and flushing, after a first flush so that each such life
@@ -682,8 +648,8 @@ async fn kill_9_and_crash_points_lose_nothing_and_apply_nothing_twice() {
             let first_flush = if early {
                 None
             } else {
-                life.printed("ready ", &log).await;
-                Some(life.printed("flush ", &log).await)
+                life.printed(STREAMING, &log).await;
+                Some(life.printed(FLUSHED, &log).await)
             };
             let until = Instant::now() + Duration::from_millis(rng.random_range(0..700));
             watch.until(&when, tiny, || Instant::now() >= until).await;
@@ -708,9 +674,9 @@ async fn kill_9_and_crash_points_lose_nothing_and_apply_nothing_twice() {
         redis_was_ahead = ahead > 0;
         tally.deaths_with_redis_ahead += usize::from(ahead > 0);
         let flushes = log
-            .of(n)
+            .of(&who(n))
             .iter()
-            .filter(|l| l.text.starts_with("flush "))
+            .filter(|l| l.text.contains(FLUSHED))
             .count();
         let backlog = watch.backlog().await;
         let backlog = backlog.map_or("-".to_owned(), |b| format!("{} kB", b / 1024));
@@ -723,9 +689,9 @@ async fn kill_9_and_crash_points_lose_nothing_and_apply_nothing_twice() {
     // The application stops; the last life catches up with everything and stops cleanly.
     stop.store(true, Ordering::Relaxed);
     let rounds = app.await.unwrap();
-    std::fs::write(&config, config_text(&env, LIVES + 1, false)).unwrap();
+    std::fs::write(&config, config_text(&env, false, "0")).unwrap();
     let mut last = Life::start(&config, None, LIVES, &log);
-    last.printed("ready ", &log).await;
+    last.printed(STREAMING, &log).await;
     let marker = env.marker();
     let what = || format!("the targets never reached the marker {marker}");
     eventually(&log, SAMPLE_EVERY, what, async || {
@@ -758,7 +724,7 @@ async fn kill_9_and_crash_points_lose_nothing_and_apply_nothing_twice() {
         "order_read_model vs the ground truth",
     );
     assert_same(
-        &redis_rows(&env, "order:*", &ORDER_COLUMNS).await,
+        &env.redis_rows("order:*", &ORDER_COLUMNS).await,
         &truth,
         "Redis order:* vs the ground truth",
     );
@@ -769,7 +735,7 @@ async fn kill_9_and_crash_points_lose_nothing_and_apply_nothing_twice() {
         "read.products vs products",
     );
     assert_same(
-        &redis_rows(&env, "product:*", &PRODUCT_COLUMNS).await,
+        &env.redis_rows("product:*", &PRODUCT_COLUMNS).await,
         &products,
         "Redis product:* vs products",
     );
@@ -804,8 +770,8 @@ async fn read_side(env: &Env) -> [Vec<Vec<String>>; 4] {
     [
         env.rows(MODEL).await,
         env.rows(MIRRORED).await,
-        redis_rows(env, "order:*", &ORDER_COLUMNS).await,
-        redis_rows(env, "product:*", &["name", "price_cents"]).await,
+        env.redis_rows("order:*", &ORDER_COLUMNS).await,
+        env.redis_rows("product:*", &["name", "price_cents"]).await,
     ]
 }
 
@@ -817,15 +783,11 @@ async fn read_side(env: &Env) -> [Vec<Vec<String>>; 4] {
 async fn a_kill_inside_a_replay_transaction_shows_readers_nothing_older() {
     let env = env();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("projector.toml");
-    let log = Log::new();
-    let write_config = |epoch: i64, tiny: bool| {
-        let mut doc: toml::Table =
-            toml::from_str(&config_text(&env, epoch as usize, tiny)).unwrap();
-        // The slot keeps the WAL a replay needs.
-        doc.insert("replay_window".into(), toml::Value::Integer(1 << 40));
-        std::fs::write(&config, toml::to_string(&doc).unwrap()).unwrap();
-    };
+    let config = dir.path().join("pgprism.toml");
+    let log = Log::default();
+    // The slot keeps the WAL a replay needs.
+    let write_config =
+        |tiny: bool| std::fs::write(&config, config_text(&env, tiny, "1GB")).unwrap();
     let mut sql = env.client().await;
     let mut redis = env.redis().await;
     let reached = async |sql: &mut Client, redis: &mut MultiplexedConnection, to: Lsn| {
@@ -835,45 +797,44 @@ async fn a_kill_inside_a_replay_transaction_shows_readers_nothing_older() {
 
     // A history to replay: after `saved`, orders come and go and every product is renamed.
     let writer = env.client().await;
-    common::shop_workload(&writer, 150, 31).await;
+    pgprism_testkit::shop::workload(&writer, 150, 31).await;
     let saved = env.marker();
-    common::shop_workload(&writer, 300, 32).await;
+    pgprism_testkit::shop::workload(&writer, 300, 32).await;
     env.sql("UPDATE products SET name = name || ' (renamed)'");
-    common::shop_workload(&writer, 150, 33).await;
+    pgprism_testkit::shop::workload(&writer, 150, 33).await;
     let end = env.marker();
-    write_config(1, false);
+    write_config(false);
     let mut first = Life::start(&config, None, 0, &log);
     let what = || format!("life 0 never reached {end}");
     eventually(&log, SAMPLE_EVERY, what, async || {
         reached(&mut sql, &mut redis, end).await.then_some(())
     })
     .await;
-    first.child.signal(Signal::Term).unwrap();
-    let status = first.child.wait_timeout(PATIENCE);
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{status:?}\n{}",
-        log.tail()
-    );
+    first.stop(&log);
     let before = read_side(&env).await;
     let truth = env.rows(TRUTH).await;
     assert!(truth.len() > 20, "orders: {}", truth.len());
     assert_same(&before[0], &truth, "order_read_model before the replay");
     assert_same(&before[2], &truth, "Redis before the replay");
 
-    // The replay: a new epoch, every target back at `saved`.
-    let mut cfg = env.config(
-        vec![
-            common::projection(&order_read_model_toml()),
-            common::projection(MIRROR),
-        ],
-        1,
-    );
-    cfg.pipeline = PIPELINE.to_owned();
-    let rewound = pgprism_sink::replay::rewind(&cfg, "pgprism", saved, &[])
-        .await
+    // The replay, as an operator asks for it: a new epoch, every target back at `saved`.
+    let replay = pgprism()
+        .args(["replay", "-c"])
+        .arg(&config)
+        .args(["--from-lsn", &saved.to_string()])
+        .output()
         .unwrap();
-    assert_eq!(rewound.targets.len(), TARGETS.len());
+    let said = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        replay.status.success(),
+        "pgprism replay: {}{said}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert_eq!(
+        said.matches(": rewound from ").count(),
+        TARGETS.len(),
+        "every target rewound: {said}"
+    );
     let unchanged = async |when: &str| {
         let now = read_side(&env).await;
         for (i, what) in [
@@ -890,17 +851,17 @@ async fn a_kill_inside_a_replay_transaction_shows_readers_nothing_older() {
     };
 
     // Life 1 replays with tiny batches and is killed a few dozen flushes in.
-    write_config(rewound.epoch.0 + 1, true);
+    write_config(true);
     let cut_before = env.pg.log_contents().matches(CUT_OFF).count();
     let mut life = Life::start(&config, None, 1, &log);
-    life.printed("ready ", &log).await;
+    life.printed(STREAMING, &log).await;
     let what = || "life 1 never flushed 30 times".to_owned();
     eventually(&log, SAMPLE_EVERY, what, async || {
         unchanged("during the replay").await;
         let flushes = log
-            .of(1)
+            .of(&who(1))
             .iter()
-            .filter(|l| l.text.starts_with("flush "))
+            .filter(|l| l.text.contains(FLUSHED))
             .count();
         (flushes >= 30).then_some(())
     })
@@ -924,7 +885,7 @@ async fn a_kill_inside_a_replay_transaction_shows_readers_nothing_older() {
     );
 
     // Life 2 applies the whole replay again and commits it at its end.
-    write_config(rewound.epoch.0 + 2, false);
+    write_config(false);
     let mut last = Life::start(&config, None, 2, &log);
     let what = || format!("life 2 never reached {end}");
     eventually(&log, SAMPLE_EVERY, what, async || {
@@ -932,13 +893,7 @@ async fn a_kill_inside_a_replay_transaction_shows_readers_nothing_older() {
         reached(&mut sql, &mut redis, end).await.then_some(())
     })
     .await;
-    last.child.signal(Signal::Term).unwrap();
-    let status = last.child.wait_timeout(PATIENCE);
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{status:?}\n{}",
-        log.tail()
-    );
+    last.stop(&log);
     unchanged("after the replay").await;
     assert_same(
         &env.rows(MODEL).await,

@@ -1,0 +1,243 @@
+//! Shared helpers of the end-to-end tests: the `pgprism` binary (built with its crash
+//! points), its output collected line by line with the instant each line was read, a real
+//! Postgres with the example shop and a Redis.
+
+#![allow(dead_code, missing_docs)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use pgprism_decoder::Lsn;
+use pgprism_testkit::{ChildGuard, PgServer, RedisServer};
+
+/// How long any one step may take on a loaded machine before a test gives up.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The `pgprism` binary beside this test's executable (`target/PROFILE/pgprism`), built
+/// with the `failpoints` feature. The README's test command (`--workspace`) builds it so;
+/// when this package runs alone, a binary without crash points is rebuilt here once.
+pub fn pgprism_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test's own path");
+        // target/PROFILE/deps/chaos-HASH
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test runs from target/PROFILE/deps");
+        let bin = profile_dir.join("pgprism");
+        let has_failpoints = || {
+            Command::new(&bin)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("(failpoints)"))
+        };
+        if !has_failpoints() {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+            let mut build = Command::new(cargo);
+            build.args(["build", "-p", "pgprism", "--bin", "pgprism", "--features"]);
+            build.arg("failpoints").arg("--manifest-path").arg(manifest);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("running cargo build");
+            assert!(
+                status.success(),
+                "cargo build -p pgprism --features failpoints: {status}"
+            );
+            assert!(
+                has_failpoints(),
+                "{} has no crash points after the build",
+                bin.display()
+            );
+        }
+        bin
+    })
+}
+
+/// A `pgprism` command: the binary under test, with none of the caller's `PGPRISM_…`
+/// settings or failpoints leaking in.
+pub fn pgprism() -> Command {
+    let mut cmd = Command::new(pgprism_bin());
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(|k| k.starts_with("PGPRISM_")) {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env_remove("FAILPOINTS").env_remove("RUST_LOG");
+    cmd
+}
+
+/// A line a process printed, and when the test read it.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub at: Instant,
+    /// Whose line: the life or replica that printed it.
+    pub who: String,
+    pub text: String,
+}
+
+/// Every line of every process (stdout and stderr), in the order read.
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub began: Instant,
+    lines: Arc<Mutex<Vec<Line>>>,
+}
+
+impl Default for Log {
+    fn default() -> Log {
+        Log {
+            began: Instant::now(),
+            lines: Arc::default(),
+        }
+    }
+}
+
+impl Log {
+    /// The lines of `who`.
+    pub fn of(&self, who: &str) -> Vec<Line> {
+        let lines = self.lines.lock().unwrap();
+        lines.iter().filter(|l| l.who == who).cloned().collect()
+    }
+
+    /// How many lines there are.
+    pub fn len(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// The lines from the `from`th on.
+    pub fn since(&self, from: usize) -> Vec<Line> {
+        self.lines.lock().unwrap()[from..].to_vec()
+    }
+
+    /// The last lines, for failure messages.
+    pub fn tail(&self) -> String {
+        let lines = self.lines.lock().unwrap();
+        let skip = lines.len().saturating_sub(60);
+        lines[skip..]
+            .iter()
+            .map(|l| {
+                let ms = l.at.duration_since(self.began).as_millis();
+                format!("  +{ms}ms {}: {}\n", l.who, l.text)
+            })
+            .collect()
+    }
+
+    /// A thread that copies `from` into the log line by line until EOF.
+    pub fn read(&self, from: impl Read + Send + 'static, who: &str) {
+        let log = self.clone();
+        let who = who.to_owned();
+        std::thread::spawn(move || {
+            for text in BufReader::new(from).lines().map_while(Result::ok) {
+                log.lines.lock().unwrap().push(Line {
+                    at: Instant::now(),
+                    who: who.clone(),
+                    text,
+                });
+            }
+        });
+    }
+}
+
+/// Call `attempt` every `every` until it yields a value; after `PATIENCE`, fail saying
+/// `what` with the tail of the processes' output.
+pub async fn eventually<T>(
+    log: &Log,
+    every: Duration,
+    what: impl Fn() -> String,
+    mut attempt: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(found) = attempt().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{}\n{}", what(), log.tail());
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// `pgprism run -c CONFIG` as `who`, its output in `log`; `failpoints` arms crash points
+/// (`FAILPOINTS`). Logs at info, flushes at debug. SIGKILLed when dropped.
+pub fn start_run(config: &Path, who: &str, failpoints: Option<&str>, log: &Log) -> ChildGuard {
+    let mut cmd = pgprism();
+    cmd.args(["--log", "info,pgprism::run=debug", "run", "-c"])
+        .arg(config);
+    if let Some(fp) = failpoints {
+        cmd.env("FAILPOINTS", fp);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting pgprism run");
+    log.read(child.stdout.take().unwrap(), who);
+    log.read(child.stderr.take().unwrap(), who);
+    ChildGuard::new(child)
+}
+
+/// A database with the example shop on a real Postgres, and a Redis.
+pub struct Env {
+    pub pg: PgServer,
+    pub redis: RedisServer,
+    pub db: String,
+    pub dsn: String,
+}
+
+impl Env {
+    /// The shop's schema and read models, then `extra` SQL.
+    pub fn shop(extra: &str) -> Env {
+        use pgprism_testkit::shop::{READ_MODELS, SCHEMA};
+        let pg = PgServer::start().expect("start postgres");
+        let redis = RedisServer::start().expect("start redis");
+        let (db, dsn) = pg.fresh_database().expect("database");
+        let env = Env { pg, redis, db, dsn };
+        env.sql(&format!("{SCHEMA}\n{READ_MODELS}\n{extra}"));
+        env
+    }
+
+    pub fn sql(&self, sql: &str) -> String {
+        self.pg
+            .psql(&self.db, sql)
+            .unwrap_or_else(|e| panic!("psql failed: {e}\nSQL: {sql}"))
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let c = self.pg.client(&self.db).await.expect("client");
+        c.batch_execute("SET TimeZone = 'UTC'; SET DateStyle = ISO")
+            .await
+            .unwrap();
+        c
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// A transactional marker: its commit ends after everything committed before it.
+    pub fn marker(&self) -> Lsn {
+        self.sql("SELECT pg_logical_emit_message(true, 'pgprism-test', 'mark')")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Rows of `sql` as text (NULL as "∅"), sorted.
+    pub async fn rows(&self, sql: &str) -> Vec<Vec<String>> {
+        pgprism_testkit::shop::rows(&self.client().await, sql).await
+    }
+
+    /// Every Redis hash matching `pattern`, as rows of `columns`, sorted.
+    pub async fn redis_rows(&self, pattern: &str, columns: &[&str]) -> Vec<Vec<String>> {
+        pgprism_testkit::shop::redis_rows(&mut self.redis().await, pattern, columns).await
+    }
+}
