@@ -193,11 +193,16 @@ impl Env {
     /// The shop's schema and read models, then `extra` SQL.
     pub fn shop(extra: &str) -> Env {
         use pgprism_testkit::shop::{READ_MODELS, SCHEMA};
+        Env::new(&format!("{SCHEMA}\n{READ_MODELS}\n{extra}"))
+    }
+
+    /// A fresh database on a new server where `schema` ran, and a Redis.
+    pub fn new(schema: &str) -> Env {
         let pg = PgServer::start().expect("start postgres");
         let redis = RedisServer::start().expect("start redis");
         let (db, dsn) = pg.fresh_database().expect("database");
         let env = Env { pg, redis, db, dsn };
-        env.sql(&format!("{SCHEMA}\n{READ_MODELS}\n{extra}"));
+        env.sql(schema);
         env
     }
 

@@ -1,0 +1,838 @@
+//! Failover: replicas of `pgprism run` itself, killed with SIGKILL, frozen with SIGSTOP or
+//! frozen inside a sink transaction at a crash point, and restarted, against a real
+//! Postgres and Redis. The assertions are on what a user sees: who `pgprism.pipelines`
+//! says leads, who says so in its log, the offsets and the rows committed with them.
+//!
+//! The source is one table of ticks, written one row per transaction in `seq` order and
+//! mirrored into `read.ticks` (and `tick:{seq}` in Redis). A trigger on `pgprism.offsets`
+//! logs every offset write (its epoch and position) with the mirror's row count and
+//! highest `seq` *in the same transaction*: rows and offset must always be committed
+//! together, a prefix of the ticks with no gap, and no write of an older epoch may land
+//! after a newer epoch's first.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Env, Log, PATIENCE, eventually, start_run};
+use pgprism_decoder::Lsn;
+use pgprism_testkit::{ChildGuard, Signal, pause, resume};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio_postgres::Client;
+
+const PIPELINE: &str = "failover";
+/// The mirror's Postgres target, as `pgprism.offsets` names it.
+const TARGET: &str = "ticks.pg";
+
+/// For the tests that freeze a leader or restart one often: retry and heartbeat every
+/// 100 ms, take over from a leader whose heartbeat is 1 s old and its slot from a
+/// walsender that held it 1 s (defaults: 1 s, 1 s, 5 s, 10 s).
+const FAST: &str = r#"
+retry_interval = "100ms"
+heartbeat_interval = "100ms"
+takeover_after = "1s"
+slot_takeover_after = "1s"
+"#;
+
+const DDL: &str = "
+CREATE TABLE ticks (seq bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE SCHEMA read;
+CREATE TABLE read.ticks (seq bigint PRIMARY KEY, at timestamptz NOT NULL);
+CREATE PUBLICATION pgprism FOR TABLE ticks;
+SELECT pg_create_logical_replication_slot('pgprism', 'pgoutput');
+CREATE TABLE offset_log (
+    n            bigserial PRIMARY KEY,
+    sink         text NOT NULL,
+    epoch        bigint NOT NULL,
+    resume_lsn   pg_lsn NOT NULL,
+    changes_done bigint NOT NULL,
+    rows         bigint NOT NULL,
+    max_seq      bigint NOT NULL
+);
+CREATE FUNCTION log_offset() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO offset_log (sink, epoch, resume_lsn, changes_done, rows, max_seq)
+    SELECT NEW.sink, NEW.epoch, NEW.resume_lsn, NEW.changes_done, count(*), coalesce(max(seq), 0)
+      FROM read.ticks;
+    RETURN NEW;
+END $$;";
+
+/// Once `pgprism.offsets` exists (a first leader created it): log its every write.
+const AUDIT: &str = "CREATE TRIGGER log_offset AFTER INSERT OR UPDATE ON pgprism.offsets
+     FOR EACH ROW EXECUTE FUNCTION log_offset()";
+
+/// A replica's configuration: the ticks mirror into Postgres (and Redis with `redis`),
+/// `leader` settings (e.g. [`FAST`]); the replica's name comes from the environment.
+fn config(env: &Env, dir: &Path, leader: &str, redis: bool) -> std::path::PathBuf {
+    let cache = if redis {
+        format!(
+            r#"
+[sinks.cache]
+kind = "redis"
+url = "{}"
+"#,
+            env.redis.url()
+        )
+    } else {
+        String::new()
+    };
+    let cache_target = if redis {
+        "[[projections.targets]]\nsink = \"cache\"\nkey = \"tick:{seq}\"\n"
+    } else {
+        ""
+    };
+    let text = format!(
+        r#"
+pipeline = "{PIPELINE}"
+[source]
+dsn = "{dsn}"
+slot = "pgprism"
+publication = "pgprism"
+create = false
+[leader]
+replay_window = "0"
+{leader}
+[http]
+bind = ""
+[sinks.pg]
+kind = "postgres"
+dsn = "{dsn}"
+{cache}
+[[projections]]
+name = "ticks"
+kind = "mirror"
+source = "public.ticks"
+[[projections.targets]]
+sink = "pg"
+table = "read.ticks"
+{cache_target}"#,
+        dsn = env.dsn
+    );
+    let path = dir.join("pgprism.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// One replica: `pgprism run` with its own replica id (its name in the log).
+struct Replica {
+    name: String,
+    child: ChildGuard,
+}
+
+impl Replica {
+    fn start(config: &Path, name: &str, failpoints: Option<&str>, log: &Log) -> Replica {
+        // Its own file: the shared one with its `leader.replica_id`.
+        let config_dir = config.parent().unwrap().join(name);
+        std::fs::create_dir_all(&config_dir).unwrap();
+        let own = config_dir.join("pgprism.toml");
+        let text = std::fs::read_to_string(config).unwrap();
+        std::fs::write(
+            &own,
+            text.replacen(
+                "[leader]\n",
+                &format!("[leader]\nreplica_id = \"{name}\"\n"),
+                1,
+            ),
+        )
+        .unwrap();
+        Replica {
+            name: name.to_owned(),
+            child: start_run(&own, name, failpoints, log),
+        }
+    }
+
+    /// SIGKILL and reap; the instant just before the signal.
+    fn kill(mut self) -> Instant {
+        let at = Instant::now();
+        self.child.signal(Signal::Kill).unwrap();
+        assert!(
+            self.child.wait_timeout(PATIENCE).is_some(),
+            "{} survived SIGKILL",
+            self.name
+        );
+        at
+    }
+
+    /// SIGTERM: a clean exit, as leader and as standby.
+    fn stop(mut self, log: &Log) {
+        self.child.signal(Signal::Term).unwrap();
+        let status = self.child.wait_timeout(PATIENCE);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{} on SIGTERM: {status:?}\n{}",
+            self.name,
+            log.tail()
+        );
+    }
+}
+
+/// What a replica's log line says about its role: `Some(Some(epoch))` it leads,
+/// `Some(None)` it stopped leading (lost, fenced, failed, stopped).
+fn role(text: &str) -> Option<Option<i64>> {
+    let epoch = || {
+        text.split(" epoch=")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    if text.contains(" leading pipeline=") {
+        return Some(Some(epoch()?));
+    }
+    [
+        "leadership lost",
+        "a newer leader owns the sinks",
+        "leading failed",
+        "stopped; lock released",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
+    .then_some(None)
+}
+
+/// Who believes it leads, replayed from the role lines in the order they were read;
+/// checks after every line that no two live replicas do.
+#[derive(Debug, Default)]
+struct Beliefs {
+    read: usize,
+    leading: HashMap<String, (i64, Instant)>,
+    dead: HashSet<String>,
+}
+
+impl Beliefs {
+    fn update(&mut self, log: &Log) {
+        for line in log.since(self.read) {
+            self.read += 1;
+            if self.dead.contains(&line.who) {
+                continue;
+            }
+            match role(&line.text) {
+                Some(Some(epoch)) => {
+                    self.leading.insert(line.who, (epoch, line.at));
+                }
+                Some(None) => {
+                    self.leading.remove(&line.who);
+                }
+                None => {}
+            }
+            assert!(
+                self.leading.len() <= 1,
+                "two live replicas believe they lead at once: {:?}\n{}",
+                self.leading,
+                log.tail()
+            );
+        }
+    }
+
+    /// Marked before the SIGKILL: whatever a dead process printed last, it leads no more.
+    fn killed(&mut self, replica: &str) {
+        self.dead.insert(replica.to_owned());
+        self.leading.remove(replica);
+    }
+
+    /// The one replica that believes it leads: `(replica, epoch, when it said so)`.
+    fn leader(&self) -> Option<(String, i64, Instant)> {
+        self.leading
+            .iter()
+            .next()
+            .map(|(r, &(epoch, at))| (r.clone(), epoch, at))
+    }
+}
+
+/// One sample: replay new lines, then check that the source agrees with the believed
+/// leader. A replica says it leads after its epoch is committed, and no leader is killed
+/// between the two reads, so they must agree.
+async fn sample(beliefs: &mut Beliefs, log: &Log, sql: &Client) {
+    beliefs.update(log);
+    let Some((replica, epoch, _)) = beliefs.leader() else {
+        return;
+    };
+    let row = sql
+        .query_one(
+            "SELECT leader, epoch FROM pgprism.pipelines WHERE name = $1",
+            &[&PIPELINE],
+        )
+        .await
+        .unwrap();
+    let stored: (String, i64) = (row.get(0), row.get(1));
+    assert_eq!(
+        stored,
+        (replica, epoch),
+        "pgprism.pipelines disagrees with the replica that believes it leads\n{}",
+        log.tail()
+    );
+}
+
+/// Sample until a live replica believes it leads.
+async fn next_leader(beliefs: &mut Beliefs, log: &Log, sql: &Client) -> (String, i64, Instant) {
+    let what = || "nobody leads".to_owned();
+    eventually(log, Duration::from_millis(5), what, async || {
+        sample(beliefs, log, sql).await;
+        beliefs.leader()
+    })
+    .await
+}
+
+/// Wait for `replica` to print a role line read after `after`: `(epoch if leading, when)`.
+async fn wait_role(
+    log: &Log,
+    replica: &str,
+    after: Instant,
+    leading: bool,
+) -> (Option<i64>, Instant) {
+    let what = || {
+        format!(
+            "{replica} never said it {}",
+            if leading { "leads" } else { "stopped leading" }
+        )
+    };
+    eventually(log, Duration::from_millis(5), what, async || {
+        log.of(replica).into_iter().find_map(|l| {
+            let r = role(&l.text)?;
+            (l.at > after && r.is_some() == leading).then_some((r, l.at))
+        })
+    })
+    .await
+}
+
+/// The application: one tick per transaction, in `seq` order, every `every`, until
+/// `stop`; the last `seq` written is in `written`.
+fn ticking(
+    client: Client,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicI64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while !stop.load(Ordering::Relaxed) {
+            let seq = written.load(Ordering::Relaxed) + 1;
+            client
+                .execute("INSERT INTO ticks (seq) VALUES ($1)", &[&seq])
+                .await
+                .unwrap();
+            written.store(seq, Ordering::Relaxed);
+            tokio::time::sleep(every).await;
+        }
+    })
+}
+
+/// Once a first leader has created `pgprism.offsets`, the audit trigger on it.
+async fn audit_offsets(env: &Env, log: &Log) {
+    let sql = env.client().await;
+    let what = || "pgprism.offsets never appeared".to_owned();
+    eventually(log, Duration::from_millis(10), what, async || {
+        let row = sql
+            .query_one("SELECT to_regclass('pgprism.offsets') IS NOT NULL", &[])
+            .await
+            .unwrap();
+        row.get::<_, bool>(0).then_some(())
+    })
+    .await;
+    env.sql(AUDIT);
+}
+
+/// An offset write as the trigger logged it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Logged {
+    n: i64,
+    epoch: i64,
+    resume_lsn: Lsn,
+    rows: i64,
+    max_seq: i64,
+}
+
+/// Every offset write of the Postgres target, in commit order of their log rows... by `n`
+/// (assigned in the writing transaction; the writes are serialized by the row lock).
+async fn offset_log(sql: &Client) -> Vec<Logged> {
+    sql.query(
+        "SELECT n, epoch, resume_lsn::text, rows, max_seq FROM offset_log WHERE sink = $1 ORDER BY n",
+        &[&TARGET],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| Logged {
+        n: r.get(0),
+        epoch: r.get(1),
+        resume_lsn: r.get::<_, String>(2).parse().unwrap(),
+        rows: r.get(3),
+        max_seq: r.get(4),
+    })
+    .collect()
+}
+
+/// What every offset write must show: the rows committed with it are a gapless prefix of
+/// the ticks; positions and row counts never go back; no write of an older epoch after a
+/// newer epoch's first.
+fn check_offset_log(logged: &[Logged], log: &Log) {
+    let mut newest_epoch = 0;
+    let mut last: Option<&Logged> = None;
+    for w in logged {
+        assert_eq!(
+            w.rows,
+            w.max_seq,
+            "offset write {w:?}: the rows committed with it are not ticks 1..=n\n{}",
+            log.tail()
+        );
+        assert!(
+            w.epoch >= newest_epoch,
+            "offset write {w:?} of epoch {} landed after epoch {newest_epoch} wrote: a deposed \
+             leader's commit got through\n{}",
+            w.epoch,
+            log.tail()
+        );
+        newest_epoch = w.epoch;
+        if let Some(l) = last {
+            assert!(
+                w.resume_lsn >= l.resume_lsn && w.rows >= l.rows,
+                "offset write {w:?} went back from {l:?}\n{}",
+                log.tail()
+            );
+        }
+        last = Some(w);
+    }
+}
+
+/// The mirror's durable state: (offset, epoch, rows, highest seq), and the last offset
+/// write logged as (offset, rows, highest seq) — all in one statement, one snapshot.
+async fn durable_and_logged(sql: &Client) -> ((Lsn, i64, i64, i64), Option<(Lsn, i64, i64)>) {
+    let row = sql
+        .query_one(
+            "SELECT (SELECT resume_lsn::text FROM pgprism.offsets WHERE pipeline = $1 AND sink = $2),
+                    (SELECT epoch FROM pgprism.offsets WHERE pipeline = $1 AND sink = $2),
+                    (SELECT count(*) FROM read.ticks),
+                    (SELECT coalesce(max(seq), 0) FROM read.ticks),
+                    l.resume_lsn::text, l.rows, l.max_seq
+               FROM (SELECT 1) one
+               LEFT JOIN (SELECT * FROM offset_log WHERE sink = $2 ORDER BY n DESC LIMIT 1) l ON true",
+            &[&PIPELINE, &TARGET],
+        )
+        .await
+        .unwrap();
+    let lsn = |i: usize| {
+        row.get::<_, Option<String>>(i)
+            .map(|s| s.parse::<Lsn>().unwrap())
+    };
+    (
+        (
+            lsn(0).unwrap_or(Lsn::ZERO),
+            row.get::<_, Option<i64>>(1).unwrap_or(0),
+            row.get(2),
+            row.get(3),
+        ),
+        lsn(4).map(|at| (at, row.get(5), row.get(6))),
+    )
+}
+
+/// The mirror's durable state in one snapshot: (offset, epoch, rows, highest seq).
+async fn durable(sql: &Client) -> (Lsn, i64, i64, i64) {
+    durable_and_logged(sql).await.0
+}
+
+/// Whether `epoch` has committed an offset that moved (beyond its stamp).
+async fn committed_in(sql: &Client, epoch: i64) -> bool {
+    let row = sql
+        .query_one(
+            "SELECT count(DISTINCT resume_lsn) FROM offset_log WHERE sink = $1 AND epoch = $2",
+            &[&TARGET, &epoch],
+        )
+        .await
+        .unwrap();
+    row.get::<_, i64>(0) >= 2
+}
+
+/// Wait until the mirror holds every tick written (the writer stopped) and its Redis keys
+/// too, if any.
+async fn caught_up(env: &Env, written: i64, redis: bool, log: &Log) {
+    let sql = env.client().await;
+    let mut conn = env.redis().await;
+    let what = || format!("the mirror never reached tick {written}");
+    eventually(log, Duration::from_millis(20), what, async || {
+        let (_, _, rows, max) = durable(&sql).await;
+        let keys = if redis {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("tick:*")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            keys.len() as i64
+        } else {
+            written
+        };
+        (rows == written && max == written && keys == written).then_some(())
+    })
+    .await;
+}
+
+/// Random timings, from `PGPRISM_CHAOS_SEED` if set; the seed is printed to rerun a
+/// failure with the same choices (the machine's timing still differs).
+fn seeded_rng() -> StdRng {
+    let seed = std::env::var("PGPRISM_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("PGPRISM_CHAOS_SEED={seed}");
+    StdRng::seed_from_u64(seed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_never_two_leaders_and_kill_9_takeover_is_fast() {
+    let began = Instant::now();
+    let env = Env::new(DDL);
+    let dir = tempfile::tempdir().unwrap();
+    // Default election settings: this measures what a deployment gets.
+    let config = config(&env, dir.path(), "", false);
+    let sql = env.client().await;
+    let log = Log::default();
+    let mut rng = seeded_rng();
+    let mut beliefs = Beliefs::default();
+    let mut names = (0..).map(|i| format!("r{i}"));
+    let (stop, written) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicI64::new(0)),
+    );
+    let mut replicas: Vec<Replica> = (0..3)
+        .map(|_| Replica::start(&config, &names.next().unwrap(), None, &log))
+        .collect();
+    let (mut leader, mut epoch, _) = next_leader(&mut beliefs, &log, &sql).await;
+    audit_offsets(&env, &log).await;
+    // The application starts once the first leader has loaded the (empty) table.
+    let app = ticking(
+        env.client().await,
+        Duration::from_millis(5),
+        stop.clone(),
+        written.clone(),
+    );
+    let mut takeovers = Vec::new();
+    for _ in 0..20 {
+        // Kill it while it writes, sampling the invariant until then.
+        let what = || format!("{leader} never committed an offset");
+        eventually(&log, Duration::from_millis(10), what, async || {
+            sample(&mut beliefs, &log, &sql).await;
+            committed_in(&sql, epoch).await.then_some(())
+        })
+        .await;
+        // At a random point of the standbys' retry cycle: killing in step with the last
+        // takeover would measure this loop's rhythm, not the election.
+        let until = Instant::now() + Duration::from_millis(rng.random_range(0..1000));
+        while Instant::now() < until {
+            sample(&mut beliefs, &log, &sql).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let i = replicas.iter().position(|r| r.name == leader).unwrap();
+        beliefs.killed(&leader);
+        let killed_at = replicas.swap_remove(i).kill();
+        let (next, next_epoch, at) = next_leader(&mut beliefs, &log, &sql).await;
+        assert!(next_epoch > epoch, "epoch {next_epoch} after {epoch}");
+        takeovers.push(at.saturating_duration_since(killed_at));
+        replicas.push(Replica::start(&config, &names.next().unwrap(), None, &log));
+        (leader, epoch) = (next, next_epoch);
+    }
+    stop.store(true, Ordering::Relaxed);
+    app.await.unwrap();
+    let written = written.load(Ordering::Relaxed);
+    caught_up(&env, written, false, &log).await;
+    sample(&mut beliefs, &log, &sql).await;
+    let (_, at_epoch, _, _) = durable(&sql).await;
+    assert_eq!(at_epoch, epoch, "the last leader's epoch owns the offset");
+    check_offset_log(&offset_log(&sql).await, &log);
+
+    for r in replicas {
+        r.stop(&log);
+    }
+    takeovers.sort();
+    let (p50, max) = (
+        takeovers[takeovers.len() / 2],
+        takeovers[takeovers.len() - 1],
+    );
+    eprintln!(
+        "kill -9 of the leading pgprism run, default settings, {} trials: takeover p50 {p50:?}, \
+         max {max:?}; {written} ticks; test took {:?}",
+        takeovers.len(),
+        began.elapsed()
+    );
+    // The killed leader's session dies with it, so the lock is free at once: far below
+    // `takeover_after` (5 s), the bound for a leader that freezes instead.
+    assert!(max < Duration::from_secs(5), "takeovers: {takeovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigstopped_leader_is_replaced_fenced_and_steps_down() {
+    let began = Instant::now();
+    let env = Env::new(DDL);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&env, dir.path(), FAST, true);
+    let sql = env.client().await;
+    let log = Log::default();
+    let (stop, written) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicI64::new(0)),
+    );
+    let a = Replica::start(&config, "a", None, &log);
+    let (epoch_a, _) = wait_role(&log, "a", began, true).await;
+    let epoch_a = epoch_a.unwrap();
+    audit_offsets(&env, &log).await;
+    let app = ticking(
+        env.client().await,
+        Duration::from_millis(2),
+        stop.clone(),
+        written.clone(),
+    );
+
+    // A standby does not replace a live leader...
+    let b = Replica::start(&config, "b", None, &log);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !log.of("b")
+            .iter()
+            .any(|l| role(&l.text).is_some_and(|r| r.is_some())),
+        "B took over from a live leader\n{}",
+        log.tail()
+    );
+
+    // ...but does replace a frozen one.
+    let stopped_at = Instant::now();
+    pause(a.child.pid()).unwrap();
+    let (epoch_b, b_leads_at) = wait_role(&log, "b", stopped_at, true).await;
+    let epoch_b = epoch_b.unwrap();
+    assert!(epoch_b > epoch_a);
+    let what = || "B never committed an offset".to_owned();
+    eventually(&log, Duration::from_millis(10), what, async || {
+        committed_in(&sql, epoch_b).await.then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before_resume = offset_log(&sql).await.last().unwrap().n;
+    let resumed_at = Instant::now();
+    resume(a.child.pid()).unwrap();
+    // A says so once it has noticed, however long a loaded machine makes that take.
+    let (_, stepped_down_at) = wait_role(&log, "a", resumed_at, false).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    app.await.unwrap();
+    let written = written.load(Ordering::Relaxed);
+    caught_up(&env, written, true, &log).await;
+    let logged = offset_log(&sql).await;
+    check_offset_log(&logged, &log);
+    // B leads on, undisturbed: its epoch owns the sink and it kept committing.
+    let (_, at_epoch, _, _) = durable(&sql).await;
+    assert_eq!(at_epoch, epoch_b);
+    assert!(
+        logged
+            .iter()
+            .any(|w| w.n > before_resume && w.epoch == epoch_b),
+        "B stopped committing when A woke up"
+    );
+    assert!(
+        !log.of("b").iter().any(|l| role(&l.text) == Some(None)),
+        "B was deposed\n{}",
+        log.tail()
+    );
+    let row = sql
+        .query_one(
+            "SELECT leader, epoch FROM pgprism.pipelines WHERE name = $1",
+            &[&PIPELINE],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, i64>(1)),
+        ("b".to_owned(), epoch_b)
+    );
+    a.stop(&log);
+    b.stop(&log);
+    eprintln!(
+        "SIGSTOP of the leading pgprism run (takeover after 1 s): B led {:?} after the stop, \
+         A stepped down {:?} after SIGCONT; {written} ticks; test took {:?}",
+        b_leads_at.duration_since(stopped_at),
+        stepped_down_at.duration_since(resumed_at),
+        began.elapsed()
+    );
+}
+
+/// The worst moment to freeze: inside a sink transaction, the batch written, its offset
+/// not (the `pg-before-offset-commit` crash point, armed to sleep 4 s: the one runtime
+/// thread blocks, so the whole process is frozen, heartbeat and all). A standby takes
+/// over after 1 s — terminating the frozen lock session, then the walsender that holds
+/// the slot, then the sink session frozen in its transaction — and re-applies the batch.
+/// When the frozen leader wakes, nothing it had in flight may land, whichever of its
+/// guards stops it (it notices the lost lock and stops writing at once, its sessions are
+/// gone, the epoch fence refuses its commit; the fence on its own is tested in
+/// crates/leader/tests/election.rs, `a_deposed_leader_cannot_write_to_a_sink`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_frozen_inside_its_sink_transaction_cannot_commit_after_its_successor() {
+    let began = Instant::now();
+    let env = Env::new(DDL);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&env, dir.path(), FAST, true);
+    let sql = env.client().await;
+    let log = Log::default();
+    let (stop, written) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicI64::new(0)),
+    );
+    // Its first offset commit freezes the first leader.
+    let a = Replica::start(
+        &config,
+        "a",
+        Some("pg-before-offset-commit=sleep(4000)"),
+        &log,
+    );
+    let (epoch_a, _) = wait_role(&log, "a", began, true).await;
+    let epoch_a = epoch_a.unwrap();
+    let b = Replica::start(&config, "b", None, &log);
+    audit_offsets(&env, &log).await;
+    let app = ticking(
+        env.client().await,
+        Duration::from_millis(2),
+        stop.clone(),
+        written.clone(),
+    );
+    // A's sink session sits in its open transaction while A sleeps.
+    let what = || "A never froze inside a sink transaction".to_owned();
+    eventually(&log, Duration::from_millis(10), what, async || {
+        let frozen: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE application_name LIKE 'pgprism%' AND state = 'idle in transaction'
+                    AND now() - state_change > interval '500 ms'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (frozen > 0).then_some(())
+    })
+    .await;
+    let (epoch_b, b_leads_at) = wait_role(&log, "b", began, true).await;
+    let epoch_b = epoch_b.unwrap();
+    assert!(epoch_b > epoch_a);
+    // A wakes 4 s after it froze; it steps down once it notices.
+    let (_, a_stepped_down_at) = wait_role(&log, "a", b_leads_at, false).await;
+    let said = |who: &str, what: &str| log.of(who).iter().any(|l| l.text.contains(what));
+    assert!(
+        said("b", "terminated a session frozen inside a sink transaction"),
+        "B never met the frozen sink transaction: the freeze was not where this test puts it\n{}",
+        log.tail()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    app.await.unwrap();
+    let written = written.load(Ordering::Relaxed);
+    caught_up(&env, written, true, &log).await;
+
+    // No write of A's epoch after B's first: A's offset commit, when it woke, was refused.
+    check_offset_log(&offset_log(&sql).await, &log);
+    let (_, at_epoch, _, _) = durable(&sql).await;
+    assert_eq!(at_epoch, epoch_b);
+    let mut conn = env.redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("tick:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len() as i64, written, "Redis keys");
+    // A first: with B gone it would lead, and sleep in every offset commit.
+    a.stop(&log);
+    b.stop(&log);
+    eprintln!(
+        "leader frozen inside its sink transaction: B led {:?} after A started, A stepped down \
+         {:?} after that; {written} ticks; test took {:?}",
+        b_leads_at.duration_since(began),
+        a_stepped_down_at.duration_since(b_leads_at),
+        began.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_and_offsets_commit_together_across_100_kill_9s() {
+    let began = Instant::now();
+    let env = Env::new(DDL);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&env, dir.path(), FAST, false);
+    let sql = env.client().await;
+    let log = Log::default();
+    let mut rng = seeded_rng();
+    let (stop, written) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicI64::new(0)),
+    );
+    let mut app = None;
+    let mut last = Lsn::ZERO;
+    let mut lives_that_wrote = 0;
+    for i in 0..100 {
+        let name = format!("c{i}");
+        let replica = Replica::start(&config, &name, None, &log);
+        wait_role(&log, &name, began, true).await;
+        if app.is_none() {
+            // Once the first leader has loaded the (empty) table.
+            audit_offsets(&env, &log).await;
+            let client = env.client().await;
+            app = Some(ticking(
+                client,
+                Duration::from_millis(2),
+                stop.clone(),
+                written.clone(),
+            ));
+        }
+        // A fifth die while starting (slot takeover, stamping); the rest while streaming.
+        if !rng.random_bool(0.2) {
+            let what = || format!("{name} never streamed");
+            eventually(&log, Duration::from_millis(5), what, async || {
+                log.of(&name)
+                    .iter()
+                    .any(|l| l.text.contains(" streaming "))
+                    .then_some(())
+            })
+            .await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+        replica.kill();
+
+        // What survived is exactly what the last offset write committed: rows and offset
+        // in one transaction, nothing of a batch without its offset.
+        let ((offset, _, rows, max), last_write) = durable_and_logged(&sql).await;
+        if let Some(w) = last_write {
+            assert_eq!(
+                (offset, rows, max),
+                w,
+                "crash {i}: the durable rows and offset are not those of the last offset write\n{}",
+                log.tail()
+            );
+        }
+        assert_eq!(rows, max, "crash {i}: the mirror is not ticks 1..=n");
+        assert!(
+            offset >= last,
+            "crash {i}: the offset went back from {last} to {offset}"
+        );
+        lives_that_wrote += usize::from(offset > last);
+        last = offset;
+    }
+    stop.store(true, Ordering::Relaxed);
+    app.unwrap().await.unwrap();
+    let written = written.load(Ordering::Relaxed);
+    let replica = Replica::start(&config, "last", None, &log);
+    caught_up(&env, written, false, &log).await;
+    replica.stop(&log);
+    let logged = offset_log(&sql).await;
+    check_offset_log(&logged, &log);
+    // Crash points in the middle of writing are the ones that matter; a loaded machine
+    // makes fewer of them (slower startup), but not this few.
+    assert!(
+        lives_that_wrote >= 30,
+        "only {lives_that_wrote} of 100 lives committed a batch"
+    );
+    eprintln!(
+        "100 kill -9s of pgprism run: {lives_that_wrote} lives moved the offset, {} offset \
+         writes audited, {written} ticks; test took {:?}",
+        logged.len(),
+        began.elapsed()
+    );
+}
