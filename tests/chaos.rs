@@ -144,26 +144,12 @@ impl Life {
 
     /// SIGKILL and reap.
     fn kill(&mut self, log: &Log) {
-        self.child.signal(Signal::Kill).unwrap();
-        let status = self.child.wait_timeout(PATIENCE);
-        assert!(
-            status.is_some_and(|s| s.signal() == Some(signo::KILL)),
-            "life {} on SIGKILL: {status:?}\n{}",
-            self.n,
-            log.tail()
-        );
+        common::kill(&mut self.child, &who(self.n), log);
     }
 
     /// SIGTERM: the clean stop exits 0.
     fn stop(&mut self, log: &Log) {
-        self.child.signal(Signal::Term).unwrap();
-        let status = self.child.wait_timeout(PATIENCE);
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "life {} on SIGTERM: {status:?}\n{}",
-            self.n,
-            log.tail()
-        );
+        common::stop(&mut self.child, &who(self.n), log);
     }
 }
 
@@ -188,7 +174,6 @@ fn armed(points: &[&str], nth: u32) -> String {
 /// Signal numbers as `ExitStatus::signal` reports them (Linux).
 mod signo {
     pub const ABRT: i32 = 6;
-    pub const KILL: i32 = 9;
 }
 
 /// The configuration file of every life (each gets its epoch from the election, as a new
@@ -202,16 +187,7 @@ fn config_text(env: &Env, tiny: bool, replay_window: &str) -> String {
     } else {
         "start_rows = 250\nmax_rows = 4000"
     };
-    let order_read_model = pgprism_testkit::shop::order_read_model_projection(
-        r#"[[targets]]
-sink = "pg"
-table = "public.order_read_model"
-[[targets]]
-sink = "cache"
-key = "order:{id}"
-format = "hash"
-"#,
-    );
+    let order_read_model = pgprism_testkit::shop::order_read_model_pg_and_cache();
     let mut doc: toml::Table = toml::from_str(&format!(
         r#"
 pipeline = "{PIPELINE}"

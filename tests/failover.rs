@@ -13,14 +13,14 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Env, Log, PATIENCE, eventually, start_run};
+use common::{Env, Log, eventually, start_run};
 use pgprism_decoder::Lsn;
-use pgprism_testkit::{ChildGuard, Signal, pause, resume};
+use pgprism_testkit::{ChildGuard, pause, resume};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_postgres::Client;
@@ -147,27 +147,13 @@ impl Replica {
     }
 
     /// SIGKILL and reap; the instant just before the signal.
-    fn kill(mut self) -> Instant {
-        let at = Instant::now();
-        self.child.signal(Signal::Kill).unwrap();
-        assert!(
-            self.child.wait_timeout(PATIENCE).is_some(),
-            "{} survived SIGKILL",
-            self.name
-        );
-        at
+    fn kill(mut self, log: &Log) -> Instant {
+        common::kill(&mut self.child, &self.name, log)
     }
 
     /// SIGTERM: a clean exit, as leader and as standby.
     fn stop(mut self, log: &Log) {
-        self.child.signal(Signal::Term).unwrap();
-        let status = self.child.wait_timeout(PATIENCE);
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "{} on SIGTERM: {status:?}\n{}",
-            self.name,
-            log.tail()
-        );
+        common::stop(&mut self.child, &self.name, log);
     }
 }
 
@@ -301,25 +287,63 @@ async fn wait_role(
     .await
 }
 
-/// The application: one tick per transaction, in `seq` order, every `every`, until
-/// `stop`; the last `seq` written is in `written`.
-fn ticking(
-    client: Client,
-    every: Duration,
+/// What every test starts with: the servers, the replicas' configuration, a session for
+/// the checks, the log, and the application's controls.
+struct Setup {
+    began: Instant,
+    env: Env,
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+    sql: Client,
+    log: Log,
     stop: Arc<AtomicBool>,
     written: Arc<AtomicI64>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while !stop.load(Ordering::Relaxed) {
-            let seq = written.load(Ordering::Relaxed) + 1;
-            client
-                .execute("INSERT INTO ticks (seq) VALUES ($1)", &[&seq])
-                .await
-                .unwrap();
-            written.store(seq, Ordering::Relaxed);
-            tokio::time::sleep(every).await;
+}
+
+impl Setup {
+    /// `leader` settings and whether the mirror also goes to Redis: see [`config`].
+    async fn new(leader: &str, redis: bool) -> Setup {
+        let began = Instant::now();
+        let env = Env::new(DDL);
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(&env, dir.path(), leader, redis);
+        let sql = env.client().await;
+        Setup {
+            began,
+            env,
+            _dir: dir,
+            config,
+            sql,
+            log: Log::default(),
+            stop: Arc::default(),
+            written: Arc::default(),
         }
-    })
+    }
+
+    /// The application: one tick per transaction, in `seq` order, every `every`, until
+    /// [`Setup::stop_ticking`].
+    async fn start_ticking(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let client = self.env.client().await;
+        let (stop, written) = (self.stop.clone(), self.written.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let seq = written.load(Ordering::Relaxed) + 1;
+                client
+                    .execute("INSERT INTO ticks (seq) VALUES ($1)", &[&seq])
+                    .await
+                    .unwrap();
+                written.store(seq, Ordering::Relaxed);
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
+    /// Stop the application; the last `seq` it wrote.
+    async fn stop_ticking(&self, app: tokio::task::JoinHandle<()>) -> i64 {
+        self.stop.store(true, Ordering::Relaxed);
+        app.await.unwrap();
+        self.written.load(Ordering::Relaxed)
+    }
 }
 
 /// Once a first leader has created `pgprism.offsets`, the audit trigger on it.
@@ -483,68 +507,59 @@ fn seeded_rng() -> StdRng {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_never_two_leaders_and_kill_9_takeover_is_fast() {
-    let began = Instant::now();
-    let env = Env::new(DDL);
-    let dir = tempfile::tempdir().unwrap();
     // Default election settings: this measures what a deployment gets.
-    let config = config(&env, dir.path(), "", false);
-    let sql = env.client().await;
-    let log = Log::default();
+    let setup = Setup::new("", false).await;
+    let (began, env, config, sql, log) = (
+        setup.began,
+        &setup.env,
+        &setup.config,
+        &setup.sql,
+        &setup.log,
+    );
     let mut rng = seeded_rng();
     let mut beliefs = Beliefs::default();
     let mut names = (0..).map(|i| format!("r{i}"));
-    let (stop, written) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicI64::new(0)),
-    );
     let mut replicas: Vec<Replica> = (0..3)
-        .map(|_| Replica::start(&config, &names.next().unwrap(), None, &log))
+        .map(|_| Replica::start(config, &names.next().unwrap(), None, log))
         .collect();
-    let (mut leader, mut epoch, _) = next_leader(&mut beliefs, &log, &sql).await;
-    audit_offsets(&env, &log).await;
+    let (mut leader, mut epoch, _) = next_leader(&mut beliefs, log, sql).await;
+    audit_offsets(env, log).await;
     // The application starts once the first leader has loaded the (empty) table.
-    let app = ticking(
-        env.client().await,
-        Duration::from_millis(5),
-        stop.clone(),
-        written.clone(),
-    );
+    let app = setup.start_ticking(Duration::from_millis(5)).await;
     let mut takeovers = Vec::new();
     for _ in 0..20 {
         // Kill it while it writes, sampling the invariant until then.
         let what = || format!("{leader} never committed an offset");
-        eventually(&log, Duration::from_millis(10), what, async || {
-            sample(&mut beliefs, &log, &sql).await;
-            committed_in(&sql, epoch).await.then_some(())
+        eventually(log, Duration::from_millis(10), what, async || {
+            sample(&mut beliefs, log, sql).await;
+            committed_in(sql, epoch).await.then_some(())
         })
         .await;
         // At a random point of the standbys' retry cycle: killing in step with the last
         // takeover would measure this loop's rhythm, not the election.
         let until = Instant::now() + Duration::from_millis(rng.random_range(0..1000));
         while Instant::now() < until {
-            sample(&mut beliefs, &log, &sql).await;
+            sample(&mut beliefs, log, sql).await;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let i = replicas.iter().position(|r| r.name == leader).unwrap();
         beliefs.killed(&leader);
-        let killed_at = replicas.swap_remove(i).kill();
-        let (next, next_epoch, at) = next_leader(&mut beliefs, &log, &sql).await;
+        let killed_at = replicas.swap_remove(i).kill(log);
+        let (next, next_epoch, at) = next_leader(&mut beliefs, log, sql).await;
         assert!(next_epoch > epoch, "epoch {next_epoch} after {epoch}");
         takeovers.push(at.saturating_duration_since(killed_at));
-        replicas.push(Replica::start(&config, &names.next().unwrap(), None, &log));
+        replicas.push(Replica::start(config, &names.next().unwrap(), None, log));
         (leader, epoch) = (next, next_epoch);
     }
-    stop.store(true, Ordering::Relaxed);
-    app.await.unwrap();
-    let written = written.load(Ordering::Relaxed);
-    caught_up(&env, written, false, &log).await;
-    sample(&mut beliefs, &log, &sql).await;
-    let (_, at_epoch, _, _) = durable(&sql).await;
+    let written = setup.stop_ticking(app).await;
+    caught_up(env, written, false, log).await;
+    sample(&mut beliefs, log, sql).await;
+    let (_, at_epoch, _, _) = durable(sql).await;
     assert_eq!(at_epoch, epoch, "the last leader's epoch owns the offset");
-    check_offset_log(&offset_log(&sql).await, &log);
+    check_offset_log(&offset_log(sql).await, log);
 
     for r in replicas {
-        r.stop(&log);
+        r.stop(log);
     }
     takeovers.sort();
     let (p50, max) = (
@@ -564,29 +579,22 @@ async fn three_replicas_never_two_leaders_and_kill_9_takeover_is_fast() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigstopped_leader_is_replaced_fenced_and_steps_down() {
-    let began = Instant::now();
-    let env = Env::new(DDL);
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&env, dir.path(), FAST, true);
-    let sql = env.client().await;
-    let log = Log::default();
-    let (stop, written) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicI64::new(0)),
+    let setup = Setup::new(FAST, true).await;
+    let (began, env, config, sql, log) = (
+        setup.began,
+        &setup.env,
+        &setup.config,
+        &setup.sql,
+        &setup.log,
     );
-    let a = Replica::start(&config, "a", None, &log);
-    let (epoch_a, _) = wait_role(&log, "a", began, true).await;
+    let a = Replica::start(config, "a", None, log);
+    let (epoch_a, _) = wait_role(log, "a", began, true).await;
     let epoch_a = epoch_a.unwrap();
-    audit_offsets(&env, &log).await;
-    let app = ticking(
-        env.client().await,
-        Duration::from_millis(2),
-        stop.clone(),
-        written.clone(),
-    );
+    audit_offsets(env, log).await;
+    let app = setup.start_ticking(Duration::from_millis(2)).await;
 
     // A standby does not replace a live leader...
-    let b = Replica::start(&config, "b", None, &log);
+    let b = Replica::start(config, "b", None, log);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         !log.of("b")
@@ -599,30 +607,28 @@ async fn a_sigstopped_leader_is_replaced_fenced_and_steps_down() {
     // ...but does replace a frozen one.
     let stopped_at = Instant::now();
     pause(a.child.pid()).unwrap();
-    let (epoch_b, b_leads_at) = wait_role(&log, "b", stopped_at, true).await;
+    let (epoch_b, b_leads_at) = wait_role(log, "b", stopped_at, true).await;
     let epoch_b = epoch_b.unwrap();
     assert!(epoch_b > epoch_a);
     let what = || "B never committed an offset".to_owned();
-    eventually(&log, Duration::from_millis(10), what, async || {
-        committed_in(&sql, epoch_b).await.then_some(())
+    eventually(log, Duration::from_millis(10), what, async || {
+        committed_in(sql, epoch_b).await.then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before_resume = offset_log(&sql).await.last().unwrap().n;
+    let before_resume = offset_log(sql).await.last().unwrap().n;
     let resumed_at = Instant::now();
     resume(a.child.pid()).unwrap();
     // A says so once it has noticed, however long a loaded machine makes that take.
-    let (_, stepped_down_at) = wait_role(&log, "a", resumed_at, false).await;
+    let (_, stepped_down_at) = wait_role(log, "a", resumed_at, false).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    stop.store(true, Ordering::Relaxed);
-    app.await.unwrap();
-    let written = written.load(Ordering::Relaxed);
-    caught_up(&env, written, true, &log).await;
-    let logged = offset_log(&sql).await;
-    check_offset_log(&logged, &log);
+    let written = setup.stop_ticking(app).await;
+    caught_up(env, written, true, log).await;
+    let logged = offset_log(sql).await;
+    check_offset_log(&logged, log);
     // B leads on, undisturbed: its epoch owns the sink and it kept committing.
-    let (_, at_epoch, _, _) = durable(&sql).await;
+    let (_, at_epoch, _, _) = durable(sql).await;
     assert_eq!(at_epoch, epoch_b);
     assert!(
         logged
@@ -646,8 +652,8 @@ async fn a_sigstopped_leader_is_replaced_fenced_and_steps_down() {
         (row.get::<_, String>(0), row.get::<_, i64>(1)),
         ("b".to_owned(), epoch_b)
     );
-    a.stop(&log);
-    b.stop(&log);
+    a.stop(log);
+    b.stop(log);
     eprintln!(
         "SIGSTOP of the leading pgprism run (takeover after 1 s): B led {:?} after the stop, \
          A stepped down {:?} after SIGCONT; {written} ticks; test took {:?}",
@@ -668,36 +674,29 @@ async fn a_sigstopped_leader_is_replaced_fenced_and_steps_down() {
 /// crates/leader/tests/election.rs, `a_deposed_leader_cannot_write_to_a_sink`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_frozen_inside_its_sink_transaction_cannot_commit_after_its_successor() {
-    let began = Instant::now();
-    let env = Env::new(DDL);
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&env, dir.path(), FAST, true);
-    let sql = env.client().await;
-    let log = Log::default();
-    let (stop, written) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicI64::new(0)),
+    let setup = Setup::new(FAST, true).await;
+    let (began, env, config, sql, log) = (
+        setup.began,
+        &setup.env,
+        &setup.config,
+        &setup.sql,
+        &setup.log,
     );
     // Its first offset commit freezes the first leader.
     let a = Replica::start(
-        &config,
+        config,
         "a",
         Some("pg-before-offset-commit=sleep(4000)"),
-        &log,
+        log,
     );
-    let (epoch_a, _) = wait_role(&log, "a", began, true).await;
+    let (epoch_a, _) = wait_role(log, "a", began, true).await;
     let epoch_a = epoch_a.unwrap();
-    let b = Replica::start(&config, "b", None, &log);
-    audit_offsets(&env, &log).await;
-    let app = ticking(
-        env.client().await,
-        Duration::from_millis(2),
-        stop.clone(),
-        written.clone(),
-    );
+    let b = Replica::start(config, "b", None, log);
+    audit_offsets(env, log).await;
+    let app = setup.start_ticking(Duration::from_millis(2)).await;
     // A's sink session sits in its open transaction while A sleeps.
     let what = || "A never froze inside a sink transaction".to_owned();
-    eventually(&log, Duration::from_millis(10), what, async || {
+    eventually(log, Duration::from_millis(10), what, async || {
         let frozen: i64 = sql
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity
@@ -711,11 +710,11 @@ async fn a_leader_frozen_inside_its_sink_transaction_cannot_commit_after_its_suc
         (frozen > 0).then_some(())
     })
     .await;
-    let (epoch_b, b_leads_at) = wait_role(&log, "b", began, true).await;
+    let (epoch_b, b_leads_at) = wait_role(log, "b", began, true).await;
     let epoch_b = epoch_b.unwrap();
     assert!(epoch_b > epoch_a);
     // A wakes 4 s after it froze; it steps down once it notices.
-    let (_, a_stepped_down_at) = wait_role(&log, "a", b_leads_at, false).await;
+    let (_, a_stepped_down_at) = wait_role(log, "a", b_leads_at, false).await;
     let said = |who: &str, what: &str| log.of(who).iter().any(|l| l.text.contains(what));
     assert!(
         said("b", "terminated a session frozen inside a sink transaction"),
@@ -723,14 +722,12 @@ async fn a_leader_frozen_inside_its_sink_transaction_cannot_commit_after_its_suc
         log.tail()
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    app.await.unwrap();
-    let written = written.load(Ordering::Relaxed);
-    caught_up(&env, written, true, &log).await;
+    let written = setup.stop_ticking(app).await;
+    caught_up(env, written, true, log).await;
 
     // No write of A's epoch after B's first: A's offset commit, when it woke, was refused.
-    check_offset_log(&offset_log(&sql).await, &log);
-    let (_, at_epoch, _, _) = durable(&sql).await;
+    check_offset_log(&offset_log(sql).await, log);
+    let (_, at_epoch, _, _) = durable(sql).await;
     assert_eq!(at_epoch, epoch_b);
     let mut conn = env.redis().await;
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -740,8 +737,8 @@ async fn a_leader_frozen_inside_its_sink_transaction_cannot_commit_after_its_suc
         .unwrap();
     assert_eq!(keys.len() as i64, written, "Redis keys");
     // A first: with B gone it would lead, and sleep in every offset commit.
-    a.stop(&log);
-    b.stop(&log);
+    a.stop(log);
+    b.stop(log);
     eprintln!(
         "leader frozen inside its sink transaction: B led {:?} after A started, A stepped down \
          {:?} after that; {written} ticks; test took {:?}",
@@ -753,39 +750,31 @@ async fn a_leader_frozen_inside_its_sink_transaction_cannot_commit_after_its_suc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_and_offsets_commit_together_across_100_kill_9s() {
-    let began = Instant::now();
-    let env = Env::new(DDL);
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&env, dir.path(), FAST, false);
-    let sql = env.client().await;
-    let log = Log::default();
-    let mut rng = seeded_rng();
-    let (stop, written) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicI64::new(0)),
+    let setup = Setup::new(FAST, false).await;
+    let (began, env, config, sql, log) = (
+        setup.began,
+        &setup.env,
+        &setup.config,
+        &setup.sql,
+        &setup.log,
     );
+    let mut rng = seeded_rng();
     let mut app = None;
     let mut last = Lsn::ZERO;
     let mut lives_that_wrote = 0;
     for i in 0..100 {
         let name = format!("c{i}");
-        let replica = Replica::start(&config, &name, None, &log);
-        wait_role(&log, &name, began, true).await;
+        let replica = Replica::start(config, &name, None, log);
+        wait_role(log, &name, began, true).await;
         if app.is_none() {
             // Once the first leader has loaded the (empty) table.
-            audit_offsets(&env, &log).await;
-            let client = env.client().await;
-            app = Some(ticking(
-                client,
-                Duration::from_millis(2),
-                stop.clone(),
-                written.clone(),
-            ));
+            audit_offsets(env, log).await;
+            app = Some(setup.start_ticking(Duration::from_millis(2)).await);
         }
         // A fifth die while starting (slot takeover, stamping); the rest while streaming.
         if !rng.random_bool(0.2) {
             let what = || format!("{name} never streamed");
-            eventually(&log, Duration::from_millis(5), what, async || {
+            eventually(log, Duration::from_millis(5), what, async || {
                 log.of(&name)
                     .iter()
                     .any(|l| l.text.contains(" streaming "))
@@ -794,11 +783,11 @@ async fn rows_and_offsets_commit_together_across_100_kill_9s() {
             .await;
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
-        replica.kill();
+        replica.kill(log);
 
         // What survived is exactly what the last offset write committed: rows and offset
         // in one transaction, nothing of a batch without its offset.
-        let ((offset, _, rows, max), last_write) = durable_and_logged(&sql).await;
+        let ((offset, _, rows, max), last_write) = durable_and_logged(sql).await;
         if let Some(w) = last_write {
             assert_eq!(
                 (offset, rows, max),
@@ -815,14 +804,12 @@ async fn rows_and_offsets_commit_together_across_100_kill_9s() {
         lives_that_wrote += usize::from(offset > last);
         last = offset;
     }
-    stop.store(true, Ordering::Relaxed);
-    app.unwrap().await.unwrap();
-    let written = written.load(Ordering::Relaxed);
-    let replica = Replica::start(&config, "last", None, &log);
-    caught_up(&env, written, false, &log).await;
-    replica.stop(&log);
-    let logged = offset_log(&sql).await;
-    check_offset_log(&logged, &log);
+    let written = setup.stop_ticking(app.unwrap()).await;
+    let replica = Replica::start(config, "last", None, log);
+    caught_up(env, written, false, log).await;
+    replica.stop(log);
+    let logged = offset_log(sql).await;
+    check_offset_log(&logged, log);
     // Crash points in the middle of writing are the ones that matter; a loaded machine
     // makes fewer of them (slower startup), but not this few.
     assert!(

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use pgprism_decoder::Lsn;
-use pgprism_testkit::{ChildGuard, PgServer, RedisServer};
+use pgprism_testkit::{ChildGuard, PgServer, RedisServer, Signal};
 
 /// How long any one step may take on a loaded machine before a test gives up.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -179,6 +179,32 @@ pub fn start_run(config: &Path, who: &str, failpoints: Option<&str>, log: &Log) 
     log.read(child.stdout.take().unwrap(), who);
     log.read(child.stderr.take().unwrap(), who);
     ChildGuard::new(child)
+}
+
+/// SIGKILL `child` (`who` in the log) and reap it, asserting it died of the signal; the
+/// instant just before the signal.
+pub fn kill(child: &mut ChildGuard, who: &str, log: &Log) -> Instant {
+    use std::os::unix::process::ExitStatusExt;
+    let at = Instant::now();
+    child.signal(Signal::Kill).unwrap();
+    let status = child.wait_timeout(PATIENCE);
+    assert!(
+        status.is_some_and(|s| s.signal() == Some(9)),
+        "{who} on SIGKILL: {status:?}\n{}",
+        log.tail()
+    );
+    at
+}
+
+/// SIGTERM `child` (`who` in the log): the clean stop exits 0.
+pub fn stop(child: &mut ChildGuard, who: &str, log: &Log) {
+    child.signal(Signal::Term).unwrap();
+    let status = child.wait_timeout(PATIENCE);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{who} on SIGTERM: {status:?}\n{}",
+        log.tail()
+    );
 }
 
 /// A database with the example shop on a real Postgres, and a Redis.

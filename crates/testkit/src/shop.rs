@@ -132,6 +132,21 @@ query = """{ORDER_QUERY}"""
     )
 }
 
+/// [`order_read_model_projection`] into `public.order_read_model` on sink `pg` and
+/// `order:{id}` hashes on sink `cache`: the read model as a user configures it.
+pub fn order_read_model_pg_and_cache() -> String {
+    order_read_model_projection(
+        r#"[[targets]]
+sink = "pg"
+table = "public.order_read_model"
+[[targets]]
+sink = "cache"
+key = "order:{id}"
+format = "hash"
+"#,
+    )
+}
+
 /// A randomized shop workload: inserts, updates and deletes over all four tables,
 /// including customer and product renames, item moves and deletes, and order deletes.
 /// `txns` transactions of 1–3 operations each. Panics on a database error (it is a test

@@ -7,17 +7,7 @@ use redis::aio::MultiplexedConnection;
 use tokio_postgres::Client;
 
 /// The columns of `order_read_model`, in order; also the fields of an `order:{id}` hash.
-pub const COLUMNS: [&str; 9] = [
-    "id",
-    "customer_name",
-    "customer_email",
-    "status",
-    "item_count",
-    "total_cents",
-    "first_item_name",
-    "created_at",
-    "updated_at",
-];
+pub use pgprism_testkit::shop::ORDER_COLUMNS as COLUMNS;
 
 /// `order_read_model` next to the truth.
 #[derive(Debug, Clone, Default)]

@@ -33,16 +33,7 @@ key = "product:{id}"
 
 /// The order read model as configured by a user: Postgres table and Redis hashes.
 pub fn order_read_model_toml() -> String {
-    pgprism_testkit::shop::order_read_model_projection(
-        r#"[[targets]]
-sink = "pg"
-table = "public.order_read_model"
-[[targets]]
-sink = "cache"
-key = "order:{id}"
-format = "hash"
-"#,
-    )
+    pgprism_testkit::shop::order_read_model_pg_and_cache()
 }
 
 pub fn projection(toml_text: &str) -> ProjectionSpec {
