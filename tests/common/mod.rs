@@ -18,7 +18,9 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// The `pgprism` binary beside this test's executable (`target/PROFILE/pgprism`), built
 /// with the `failpoints` feature. The README's test command (`--workspace`) builds it so;
-/// when this package runs alone, a binary without crash points is rebuilt here once.
+/// when this package runs alone (`cargo nextest run -p pgprism-tests`), cargo does not
+/// build other packages' binaries, so one that lacks the crash points or is older than
+/// the sources is built here first.
 pub fn pgprism_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -29,18 +31,23 @@ pub fn pgprism_bin() -> &'static Path {
             .and_then(Path::parent)
             .expect("the test runs from target/PROFILE/deps");
         let bin = profile_dir.join("pgprism");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let has_failpoints = || {
             Command::new(&bin)
                 .arg("--version")
                 .output()
                 .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("(failpoints)"))
         };
-        if !has_failpoints() {
+        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+        let stale = built.is_none_or(|b| newest_source(&root.join("crates")) > Some(b));
+        if stale || !has_failpoints() {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
             let mut build = Command::new(cargo);
             build.args(["build", "-p", "pgprism", "--bin", "pgprism", "--features"]);
-            build.arg("failpoints").arg("--manifest-path").arg(manifest);
+            build
+                .arg("failpoints")
+                .arg("--manifest-path")
+                .arg(root.join("Cargo.toml"));
             if profile_dir.file_name().is_some_and(|n| n == "release") {
                 build.arg("--release");
             }
@@ -57,6 +64,27 @@ pub fn pgprism_bin() -> &'static Path {
         }
         bin
     })
+}
+
+/// The newest modification time of a `.rs` or `Cargo.toml` file under `dir`.
+fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let t = if path.is_dir() {
+            if name == "target" || name == "fuzz" {
+                continue;
+            }
+            newest_source(&path)
+        } else if path.extension().is_some_and(|e| e == "rs") || name == "Cargo.toml" {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        } else {
+            None
+        };
+        newest = newest.max(t);
+    }
+    newest
 }
 
 /// A `pgprism` command: the binary under test, with none of the caller's `PGPRISM_…`

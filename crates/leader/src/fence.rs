@@ -77,6 +77,46 @@ async fn terminate_idle_holders(client: &Client, at_least: Duration) -> Result<(
     Ok(())
 }
 
+/// Terminate the sink sessions of a deposed leader that froze inside a transaction
+/// holding locks on `table` (a quoted name): sessions named `application_name` (the
+/// writer's own name), not among `ours`, idle inside a transaction for `at_least` (a live
+/// writer never is: it sends its statements back to back), with a lock on `table`. A
+/// leader frozen after writing rows but before its offset update blocks the next
+/// leader's writes to those rows for as long as it stays frozen — for ever, if its
+/// machine is suspended — since its session looks alive to the server. The terminated
+/// pids are returned.
+pub async fn terminate_frozen_writers(
+    client: &Client,
+    application_name: &str,
+    table: &str,
+    ours: &[i32],
+    at_least: Duration,
+) -> Result<Vec<i32>, LeaderError> {
+    let rows = client
+        .query(
+            "SELECT a.pid, pg_terminate_backend(a.pid) FROM pg_stat_activity a
+              WHERE a.pid <> pg_backend_pid() AND a.pid <> ALL($1::int4[])
+                AND a.datname = current_database()
+                AND a.application_name = $2
+                AND a.state IN ('idle in transaction', 'idle in transaction (aborted)')
+                AND a.state_change < clock_timestamp() - make_interval(secs => $3)
+                AND EXISTS (SELECT 1 FROM pg_locks l
+                             WHERE l.pid = a.pid AND l.relation = to_regclass($4))",
+            &[&ours, &application_name, &at_least.as_secs_f64(), &table],
+        )
+        .await
+        .map_err(LeaderError::db("terminating a frozen writer of the table"))?;
+    let pids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    for pid in &pids {
+        tracing::warn!(
+            pid,
+            table,
+            "terminated a deposed leader's session frozen inside a sink transaction"
+        );
+    }
+    Ok(pids)
+}
+
 /// Whether an offset update may move the offset backwards.
 #[derive(Debug, Clone, Copy)]
 enum Direction {

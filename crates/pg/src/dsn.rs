@@ -141,6 +141,14 @@ impl Dsn {
         self.application_name.as_deref()
     }
 
+    /// The `application_name` sessions opened from this DSN carry: the DSN's own, else
+    /// the one [`Dsn::named`] gave.
+    pub fn session_name(&self) -> &str {
+        self.application_name
+            .as_deref()
+            .unwrap_or(&self.session_name)
+    }
+
     /// `host:port` (or the socket path) for messages.
     pub fn target(&self) -> String {
         if self.host.starts_with('/') {

@@ -62,6 +62,11 @@ pub(crate) struct PgWriter {
     pub(crate) alt: Option<AltSession>,
     /// Sessions background flushes take turns on (`batch.sessions`: 1 or 2).
     pub(crate) sessions: usize,
+    /// The server process of `client`: never taken for a frozen predecessor's.
+    pub(crate) pid: i32,
+    /// How long a session may sit idle in a transaction holding the table's rows before
+    /// it is taken for a deposed leader's, frozen (`leader.takeover_after`).
+    pub(crate) takeover_after: Duration,
 }
 
 /// The second session of a Postgres target (see [`PgWriter::alt`]).
@@ -69,9 +74,35 @@ pub(crate) struct AltSession {
     client: Arc<Client>,
     table: Arc<PgTable>,
     in_tx: bool,
+    pid: i32,
 }
 
 impl PgWriter {
+    /// After a lock wait timed out: terminate a deposed leader's session frozen inside a
+    /// transaction on this table (see [`pgprism_leader::fence::terminate_frozen_writers`]),
+    /// on a session of its own (ours may be inside a failed transaction). Failing to is
+    /// logged; the retry then waits again.
+    async fn end_frozen_predecessors(&self, target: &str) {
+        let mut ours = vec![self.pid];
+        ours.extend(self.alt.as_ref().map(|a| a.pid));
+        let result = async {
+            let client = connect(&self.dsn, target).await?;
+            pgprism_leader::fence::terminate_frozen_writers(
+                &client,
+                self.dsn.session_name(),
+                self.table.quoted(),
+                &ours,
+                self.takeover_after,
+            )
+            .await
+            .map_err(SinkError::from)
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(target_name = %target, error = %e, "could not look for a frozen predecessor's sink session");
+        }
+    }
+
     /// Session 0 (the main one) or 1 (the second): client, table, open-transaction flag.
     fn session(&mut self, s: usize) -> Option<(Arc<Client>, Arc<PgTable>, &mut bool)> {
         match s {
@@ -238,6 +269,17 @@ pub(crate) async fn connect(dsn: &Dsn, what: &str) -> Result<Client, SinkError> 
                 source,
             })?;
     Ok(client)
+}
+
+/// [`connect`] for a writer's session, with its server process id.
+pub(crate) async fn connect_writer(dsn: &Dsn, what: &str) -> Result<(Client, i32), SinkError> {
+    let client = connect(dsn, what).await?;
+    let pid = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map_err(SinkError::pg(what, "reading the session's process id"))?
+        .get(0);
+    Ok((client, pid))
 }
 
 /// What the slot may be acknowledged to when `offset` is all that is known: the end of a
@@ -572,7 +614,7 @@ impl Lane {
         };
         let batch = batch.clone();
         if s == 1 && w.alt.as_ref().is_none_or(|a| a.client.is_closed()) {
-            let client = match connect(&w.dsn, &self.name).await {
+            let (client, pid) = match connect_writer(&w.dsn, &self.name).await {
                 Ok(c) => c,
                 Err(e) => {
                     // Too many connections, say: go on with one session.
@@ -587,6 +629,7 @@ impl Lane {
                 client: Arc::new(client),
                 table: Arc::new(w.table.for_another_session()),
                 in_tx: false,
+                pid,
             });
         }
         let fence = w.fence.clone();
@@ -846,6 +889,11 @@ impl Lane {
                     let delay = self.backoff.delay(attempt);
                     attempt += 1;
                     tracing::warn!(target_name = %self.name, error = %e, retry_in = ?delay, "transient sink error; retrying the batch");
+                    if is_contention(&e)
+                        && let Writer::Postgres(w) = &self.writer
+                    {
+                        w.end_frozen_predecessors(&self.name).await;
+                    }
                     tokio::time::sleep(delay).await;
                     self.reconnect_if_closed().await;
                 }
@@ -873,9 +921,10 @@ impl Lane {
         if let Writer::Postgres(w) = &mut self.writer
             && w.client.is_closed()
         {
-            match connect(&w.dsn, &self.name).await {
-                Ok(c) => {
+            match connect_writer(&w.dsn, &self.name).await {
+                Ok((c, pid)) => {
                     w.client = Arc::new(c);
+                    w.pid = pid;
                     w.in_tx = false;
                     w.table.transaction_ended();
                 }

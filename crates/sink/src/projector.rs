@@ -25,7 +25,9 @@ use crate::adaptive::Adaptive;
 use crate::batch::Position;
 use crate::dead_letter;
 use crate::error::SinkError;
-use crate::lane::{Lane, LaneFlush, Logic, PgWriter, Writer, acknowledgeable, connect};
+use crate::lane::{
+    Lane, LaneFlush, Logic, PgWriter, Writer, acknowledgeable, connect, connect_writer,
+};
 use crate::mirror::Mirror;
 use crate::postgres::PgTable;
 use crate::query::{Mapping, QueryProjection};
@@ -465,7 +467,7 @@ async fn pg_writer(
     let dsn = dsn
         .named(&format!("pgprism sink {target}"))
         .with_options(timeouts);
-    let client = connect(&dsn, target).await?;
+    let (client, pid) = connect_writer(&dsn, target).await?;
     dead_letter::ensure(&client).await?;
     let table = PgTable::load(&client, target, t.schema, t.table).await?;
     if let Some(shape) = shape {
@@ -480,6 +482,17 @@ async fn pg_writer(
         initial,
     )
     .await?;
+    // Our epoch owns the target now: a predecessor's session still inside a transaction
+    // on its table, idle that long, is frozen — its locks would hold our first writes
+    // until it wakes.
+    pgprism_leader::fence::terminate_frozen_writers(
+        &client,
+        dsn.session_name(),
+        table.quoted(),
+        &[pid],
+        cfg.takeover_after,
+    )
+    .await?;
     Ok((
         PgWriter {
             dsn,
@@ -490,6 +503,8 @@ async fn pg_writer(
             in_tx: false,
             alt: None,
             sessions: cfg.batch.sessions,
+            pid,
+            takeover_after: cfg.takeover_after,
         },
         stored,
     ))
