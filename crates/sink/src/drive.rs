@@ -28,7 +28,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use pgprism_decoder::Lsn;
-use pgprism_decoder::stream::{ReplicationStream, StreamError, StreamEvent, TxnChunk};
+use pgprism_decoder::stream::{Acker, ReplicationStream, StreamError, StreamEvent, TxnChunk};
 use pgprism_leader::slot::slot_ack;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -45,6 +45,44 @@ pub const READ_AHEAD: usize = 4;
 
 /// Most bytes of change data held in the inbox while a flush runs.
 pub const INBOX_BYTES: usize = 64 << 20;
+
+/// Where [`drive`] takes decoded transactions from, in commit order, and where it
+/// acknowledges what every target has made durable. The replication stream is one
+/// ([`ReplicationStream`]: reconnects, resume dedup, standby status updates); the loop
+/// knows nothing else of it, so tests can drive the projector from recorded events.
+pub trait ChangeSource {
+    /// Takes acknowledgements while the source is being read.
+    type Acker: Acknowledge;
+    /// The acknowledgement handle.
+    fn acker(&self) -> Self::Acker;
+    /// The next event: a chunk of a transaction, a message, a keepalive or idleness.
+    fn next(&mut self) -> impl Future<Output = Result<StreamEvent, StreamError>>;
+}
+
+/// Receives the position up to which everything is durable in every target (minus the
+/// replay window); positions never go back.
+pub trait Acknowledge {
+    /// Everything before `lsn` is durable.
+    fn ack(&self, lsn: Lsn);
+}
+
+impl ChangeSource for ReplicationStream {
+    type Acker = Acker;
+
+    fn acker(&self) -> Acker {
+        ReplicationStream::acker(self)
+    }
+
+    fn next(&mut self) -> impl Future<Output = Result<StreamEvent, StreamError>> {
+        ReplicationStream::next(self)
+    }
+}
+
+impl Acknowledge for Acker {
+    fn ack(&self, lsn: Lsn) {
+        Acker::ack(self, lsn);
+    }
+}
 
 /// Why driving stopped.
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +172,7 @@ impl Inbox {
 /// flush (for metrics and logs).
 pub async fn drive(
     projector: &mut Projector,
-    stream: &mut ReplicationStream,
+    stream: &mut impl ChangeSource,
     stop: &mut watch::Receiver<bool>,
     opts: &DriveOptions,
     mut on_flush: impl FnMut(&FlushReport),
