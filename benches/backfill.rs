@@ -161,7 +161,10 @@ impl Dbs<'_> {
             pipeline: pipeline.to_owned(),
             epoch: Epoch(epoch),
             source: Dsn::parse(&self.src_dsn).unwrap(),
-            sinks: BTreeMap::from([(SINK.to_owned(), SinkSpec::postgres(&self.sink_dsn))]),
+            sinks: BTreeMap::from([(
+                SINK.to_owned(),
+                SinkSpec::postgres(pgprism_pg::Dsn::parse(&self.sink_dsn).unwrap()),
+            )]),
             projections: projections.iter().map(|p| projection(p)).collect(),
             batch: BatchSpec::default(),
             takeover_after: Duration::from_secs(5),

@@ -290,7 +290,10 @@ table = "public.target"
         pipeline: format!("bench_{round}"),
         epoch: Epoch(1),
         source: Dsn::parse(src_dsn).unwrap(),
-        sinks: BTreeMap::from([("sink".to_owned(), SinkSpec::postgres(sink_dsn))]),
+        sinks: BTreeMap::from([(
+            "sink".to_owned(),
+            SinkSpec::postgres(Dsn::parse(sink_dsn).unwrap()),
+        )]),
         projections: vec![projection],
         batch: BatchSpec {
             max_rows: BATCH_ROWS,

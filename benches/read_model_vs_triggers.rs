@@ -648,7 +648,10 @@ table = "public.order_read_model"
         pipeline: "bench".to_owned(),
         epoch: Epoch(1),
         source: Dsn::parse(dsn).unwrap(),
-        sinks: BTreeMap::from([("pg".to_owned(), SinkSpec::postgres(dsn))]),
+        sinks: BTreeMap::from([(
+            "pg".to_owned(),
+            SinkSpec::postgres(Dsn::parse(dsn).unwrap()),
+        )]),
         projections: vec![projection],
         batch: BatchSpec::default(),
         takeover_after: Duration::from_secs(5),

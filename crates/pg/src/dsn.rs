@@ -208,6 +208,20 @@ impl fmt::Display for Dsn {
     }
 }
 
+/// A DSN in a configuration file: parsed where it is read, so that a bad one is an error
+/// naming its key (the message never shows the password).
+impl<'de> serde::Deserialize<'de> for Dsn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Dsn, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        if text.trim().is_empty() {
+            return Err(serde::de::Error::custom(
+                "is empty: set a connection string like postgres://user@host:5432/db",
+            ));
+        }
+        Dsn::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Debug for Dsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Dsn({self})")

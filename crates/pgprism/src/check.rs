@@ -55,7 +55,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
         cfg.sinks.len(),
         cfg.projections.len()
     ));
-    let dsn = Dsn::parse(&cfg.source.dsn)?;
+    let dsn = cfg.source.dsn.clone();
     let mut source_client = None;
     match pgprism_pg::connect(&dsn).await {
         Err(e) => f.problem(&format!(
@@ -72,7 +72,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     }
     // The projections are checked against the source's catalog: only when it answers.
     if let Some(client) = &source_client {
-        for problem in pgprism_sink::projector::check(&cfg.projector(Epoch(0))?).await {
+        for problem in pgprism_sink::projector::check(&cfg.projector(Epoch(0))).await {
             f.problem(&problem.to_string());
         }
         statistics(&cfg, client, &mut f).await;

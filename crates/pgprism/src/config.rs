@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use pgprism_pg::Dsn;
 use pgprism_sink::spec::{BackfillSpec, BatchSpec, ProjectionSpec, SinkSpec, SpecError};
 use serde::{Deserialize, Serialize};
 use toml::Value;
@@ -26,14 +27,15 @@ pub const DEFAULT_SLOT: &str = "pgprism";
 pub const DEFAULT_HTTP_BIND: &str = "127.0.0.1:9187";
 /// Default time a graceful shutdown may take.
 pub const DEFAULT_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
-/// Default WAL kept behind the durable offsets so that a replay can reach it.
-pub const DEFAULT_REPLAY_WINDOW: &str = "64MB";
+/// Default WAL kept behind the durable offsets so that a replay can reach it (64 MiB).
+pub const DEFAULT_REPLAY_WINDOW: u64 = 64 << 20;
 
 /// Environment variables with the `PGPRISM_` prefix that are not configuration keys.
 const NOT_CONFIG: &[&str] = &["PGPRISM_LOG", "PGPRISM_CONFIG", "PGPRISM_DLQ_DSN"];
 
-/// The whole file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// The whole file, parsed into typed values (DSNs, durations, sizes, addresses) as it is
+/// read: a bad value is an error naming its key, and no use parses it again.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The pipeline's name: replicas with the same name elect one leader.
@@ -45,10 +47,10 @@ pub struct Config {
     #[serde(default)]
     pub leader: Leader,
     /// Where read models are written, by name.
-    #[serde(default, skip_serializing)]
+    #[serde(default)]
     pub sinks: BTreeMap<String, SinkSpec>,
     /// The read models.
-    #[serde(default, skip_serializing)]
+    #[serde(default)]
     pub projections: Vec<ProjectionSpec>,
     /// Batch sizing and sink timeouts.
     #[serde(default)]
@@ -76,11 +78,12 @@ fn default_slot() -> String {
 }
 
 /// `[source]`
-#[derive(Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
     /// Connection string of the source (`postgres://user:password@host:port/db`).
-    pub dsn: String,
+    #[serde(deserialize_with = "source_dsn")]
+    pub dsn: Dsn,
     /// The logical replication slot.
     #[serde(default = "default_slot")]
     pub slot: String,
@@ -108,10 +111,54 @@ fn yes() -> bool {
     true
 }
 
+/// `source.dsn`, with the way to set it when it is empty.
+fn source_dsn<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Dsn, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim().is_empty() {
+        return Err(serde::de::Error::custom(
+            "must be set (or PGPRISM_SOURCE_DSN), like postgres://user@host:5432/db",
+        ));
+    }
+    Dsn::parse(&text).map_err(serde::de::Error::custom)
+}
+
+/// A size like `64MB`, `512kB`, `0` (or a number of bytes).
+fn byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(n),
+        Size::Text(s) => parse_bytes(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("{s:?} is not a size like 0, 512kB, 64MB or 2GB"))
+        }),
+    }
+}
+
+/// `http.bind`: an address, or empty for none.
+fn bind_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an address like 127.0.0.1:9187 (empty: no HTTP server)"
+        ))
+    })
+}
+
+fn bind_text<S: serde::Serializer>(bind: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&bind.map(|a| a.to_string()).unwrap_or_default())
+}
+
 impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Source")
-            .field("dsn", &pgprism_pg::redact_dsn(&self.dsn))
+            .field("dsn", &self.dsn)
             .field("slot", &self.slot)
             .field("publication", &self.publication)
             .field("tables", &self.tables)
@@ -141,8 +188,10 @@ pub struct Leader {
     pub slot_takeover_after: Duration,
     /// The advisory lock key (default: derived from the pipeline name).
     pub lock_key: Option<i64>,
-    /// WAL kept behind the durable offsets so a replay can reach it (`64MB`, `1GB`, `0`).
-    pub replay_window: String,
+    /// Bytes of WAL kept behind the durable offsets so a replay can reach it (written
+    /// `64MB`, `1GB`, `0`).
+    #[serde(deserialize_with = "byte_size")]
+    pub replay_window: u64,
 }
 
 impl Default for Leader {
@@ -154,7 +203,7 @@ impl Default for Leader {
             takeover_after: pgprism_leader::election::DEFAULT_TAKEOVER_AFTER,
             slot_takeover_after: Duration::from_secs(10),
             lock_key: None,
-            replay_window: DEFAULT_REPLAY_WINDOW.to_owned(),
+            replay_window: DEFAULT_REPLAY_WINDOW,
         }
     }
 }
@@ -163,14 +212,15 @@ impl Default for Leader {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http {
-    /// Address of `/metrics`, `/healthz`, `/readyz` (empty: no HTTP server).
-    pub bind: String,
+    /// Address of `/metrics`, `/healthz`, `/readyz` (written empty: no HTTP server).
+    #[serde(deserialize_with = "bind_address", serialize_with = "bind_text")]
+    pub bind: Option<SocketAddr>,
 }
 
 impl Default for Http {
     fn default() -> Self {
         Http {
-            bind: DEFAULT_HTTP_BIND.to_owned(),
+            bind: Some(DEFAULT_HTTP_BIND.parse().expect("a socket address")),
         }
     }
 }
@@ -297,14 +347,6 @@ impl Config {
         if self.pipeline.trim().is_empty() {
             return Err(key_err("pipeline", "must not be empty"));
         }
-        if self.source.dsn.trim().is_empty() {
-            return Err(key_err(
-                "source.dsn",
-                "must be set (or PGPRISM_SOURCE_DSN), like postgres://user@host:5432/db",
-            ));
-        }
-        pgprism_pg::Dsn::parse(&self.source.dsn)
-            .map_err(|e| key_err("source.dsn", e.to_string()))?;
         pgprism_decoder::stream::validate_slot_name(&self.source.slot)
             .map_err(|e| key_err("source.slot", e.to_string()))?;
         pgprism_decoder::stream::validate_publication_name(&self.source.publication)
@@ -336,16 +378,6 @@ impl Config {
                 "must be longer than leader.heartbeat_interval, or a healthy leader would be replaced",
             ));
         }
-        self.replay_window_bytes()?;
-        if !self.http.bind.is_empty() && self.http.bind.parse::<SocketAddr>().is_err() {
-            return Err(key_err(
-                "http.bind",
-                format!(
-                    "{:?} is not an address like 127.0.0.1:9187 (empty: no HTTP server)",
-                    self.http.bind
-                ),
-            ));
-        }
         if self.projections.is_empty() {
             return Err(key_err(
                 "projections",
@@ -358,33 +390,17 @@ impl Config {
     }
 
     /// The projector's view of this configuration, writing as `epoch`.
-    pub fn projector(
-        &self,
-        epoch: pgprism_leader::Epoch,
-    ) -> anyhow::Result<pgprism_sink::ProjectorConfig> {
-        Ok(pgprism_sink::ProjectorConfig {
+    pub fn projector(&self, epoch: pgprism_leader::Epoch) -> pgprism_sink::ProjectorConfig {
+        pgprism_sink::ProjectorConfig {
             pipeline: self.pipeline.clone(),
             epoch,
-            source: pgprism_pg::Dsn::parse(&self.source.dsn)?,
+            source: self.source.dsn.clone(),
             sinks: self.sinks.clone(),
             projections: self.projections.clone(),
             batch: self.batch.clone(),
             takeover_after: self.leader.takeover_after,
             backfill: self.backfill.clone(),
-        })
-    }
-
-    /// `leader.replay_window` in bytes.
-    pub fn replay_window_bytes(&self) -> Result<u64, ConfigError> {
-        parse_bytes(&self.leader.replay_window).ok_or_else(|| {
-            key_err(
-                "leader.replay_window",
-                format!(
-                    "{:?} is not a size like 0, 512kB, 64MB or 2GB",
-                    self.leader.replay_window
-                ),
-            )
-        })
+        }
     }
 }
 
@@ -456,6 +472,7 @@ struct ReferenceSource {
     publication: String,
     tables: Vec<String>,
     create: bool,
+    chunk_changes: usize,
 }
 
 #[derive(Serialize, Default)]
@@ -560,7 +577,7 @@ mod tests {
     fn the_example_config_is_valid() {
         let c = parse(EXAMPLE, &[]).unwrap();
         assert_eq!(c.projections.len(), 2);
-        assert_eq!(c.http.bind, DEFAULT_HTTP_BIND);
+        assert_eq!(c.http.bind, DEFAULT_HTTP_BIND.parse().ok());
     }
 
     #[test]
@@ -584,7 +601,7 @@ mod tests {
             ],
         )
         .unwrap();
-        assert!(c.source.dsn.contains("db:5433"));
+        assert_eq!(c.source.dsn.target(), "db:5433");
         assert_eq!(c.leader.takeover_after, Duration::from_secs(7));
         assert_eq!(c.leader.slot_takeover_after, Duration::from_secs(3));
         assert_eq!(c.batch.max_rows, 500);
@@ -593,7 +610,7 @@ mod tests {
             c.projections[0].targets[1].ttl,
             Some(Duration::from_secs(7200))
         );
-        assert_eq!(c.http.bind, "0.0.0.0:9000");
+        assert_eq!(c.http.bind, "0.0.0.0:9000".parse().ok());
         assert_eq!(c.leader.replica_id.as_deref(), Some("replica-7"));
         assert_eq!(c.leader.lock_key, Some(42));
         assert_eq!(c.heartbeat.interval, Some(Duration::ZERO));

@@ -70,31 +70,30 @@ impl Select {
     }
 
     /// The pipeline and the databases that may hold its dead letters.
-    fn places(&self) -> anyhow::Result<(String, Vec<String>)> {
+    fn places(&self) -> anyhow::Result<(String, Vec<Dsn>)> {
         match (&self.config, &self.dsn) {
             (Some(path), _) => {
                 let cfg = crate::config::Config::load(path, std::env::vars())?;
-                let mut dsns: Vec<String> =
-                    cfg.sinks.values().filter_map(|s| s.dsn.clone()).collect();
+                let mut dsns: Vec<Dsn> = cfg.sinks.values().filter_map(|s| s.dsn.clone()).collect();
                 dsns.push(cfg.source.dsn.clone());
-                dsns.dedup();
+                // The same database once (user, host, port, database, sslmode).
                 let mut seen = std::collections::BTreeSet::new();
-                dsns.retain(|d| seen.insert(d.clone()));
+                dsns.retain(|d| seen.insert(d.to_string()));
                 Ok((self.pipeline.clone().unwrap_or(cfg.pipeline), dsns))
             }
             (None, Some(dsn)) => Ok((
                 self.pipeline
                     .clone()
                     .unwrap_or_else(|| "pgprism".to_owned()),
-                vec![dsn.clone()],
+                vec![Dsn::parse(dsn)?],
             )),
             (None, None) => anyhow::bail!("give -c FILE (or PGPRISM_CONFIG), or --dsn"),
         }
     }
 }
 
-async fn connect(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
-    crate::session::connect(&Dsn::parse(dsn)?).await
+async fn connect(dsn: &Dsn) -> anyhow::Result<tokio_postgres::Client> {
+    crate::session::connect(dsn).await
 }
 
 /// Whether the database has pgprism's dead-letter table.

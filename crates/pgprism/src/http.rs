@@ -92,7 +92,7 @@ fn install_recorder() -> anyhow::Result<PrometheusHandle> {
 
 /// Bind `bind` now (an error names the address) and serve in the background.
 pub async fn serve(
-    bind: &str,
+    bind: std::net::SocketAddr,
     metrics: PrometheusHandle,
     health: Arc<Health>,
 ) -> anyhow::Result<()> {

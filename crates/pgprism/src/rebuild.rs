@@ -29,7 +29,7 @@ const POLL: Duration = Duration::from_secs(2);
 /// Run `pgprism rebuild`.
 pub async fn run(args: RebuildArgs) -> anyhow::Result<()> {
     let cfg = Config::load(&args.config, std::env::vars())?;
-    let pcfg = cfg.projector(Epoch(0))?;
+    let pcfg = cfg.projector(Epoch(0));
     let requested = pgprism_sink::rebuild::request(&pcfg, &args.projection).await?;
     for (target, shadow) in &requested.targets {
         match shadow {

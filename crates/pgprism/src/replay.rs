@@ -28,7 +28,7 @@ pub struct ReplayArgs {
 pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let cfg = Config::load(&args.config, std::env::vars())?;
     let rewound = pgprism_sink::replay::rewind(
-        &cfg.projector(Epoch(0))?,
+        &cfg.projector(Epoch(0)),
         &cfg.source.slot,
         args.from_lsn,
         &args.sinks,

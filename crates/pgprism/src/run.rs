@@ -62,10 +62,10 @@ pub async fn run_command(args: RunArgs) -> anyhow::Result<()> {
 pub async fn run(cfg: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let health = Arc::new(http::Health::default());
     let recorder = http::install_metrics()?;
-    if !cfg.http.bind.is_empty() {
-        http::serve(&cfg.http.bind, recorder, health.clone()).await?;
+    if let Some(bind) = cfg.http.bind {
+        http::serve(bind, recorder, health.clone()).await?;
     }
-    let dsn = Dsn::parse(&cfg.source.dsn)?;
+    let dsn = cfg.source.dsn.clone();
     let replica = cfg
         .leader
         .replica_id
@@ -165,15 +165,7 @@ async fn lead(
     health: &http::Health,
 ) -> Outcome {
     let epoch = leadership.epoch();
-    let pcfg = match cfg.projector(epoch) {
-        Ok(p) => p,
-        Err(error) => {
-            return Outcome::Failed {
-                error,
-                retry: false,
-            };
-        }
-    };
+    let pcfg = cfg.projector(epoch);
     let setup = async {
         let client = crate::session::connect(&dsn.named("pgprism slot")).await?;
         slot::take_over(
@@ -223,7 +215,7 @@ async fn lead(
         .interval
         .filter(|d| !d.is_zero())
         .map(|every| tokio::spawn(emit_heartbeats(dsn.named("pgprism heartbeat"), every)));
-    let replay_window = cfg.replay_window_bytes().unwrap_or(0);
+    let replay_window = cfg.leader.replay_window;
     let (drive_stop_tx, mut drive_stop) = watch::channel(false);
     let opts = DriveOptions {
         replay_window,

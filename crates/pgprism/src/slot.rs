@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use pgprism_pg::{Dsn, error_text, quote_ident};
+use pgprism_pg::{error_text, quote_ident};
 
 use crate::config::Config;
 
@@ -38,7 +38,7 @@ pub async fn run(args: SlotArgs) -> anyhow::Result<()> {
         .config
         .context("slot needs -c FILE (or PGPRISM_CONFIG)")?;
     let cfg = Config::load(&path, std::env::vars())?;
-    let dsn = Dsn::parse(&cfg.source.dsn)?;
+    let dsn = cfg.source.dsn.clone();
     let client = crate::session::connect(&dsn).await?;
     let slot = &cfg.source.slot;
     let publication = &cfg.source.publication;

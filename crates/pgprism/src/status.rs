@@ -22,7 +22,7 @@ pub struct StatusArgs {
 /// Run `pgprism status`.
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let cfg = Config::load(&args.config, std::env::vars())?;
-    let status = pgprism_sink::status::read(&cfg.projector(Epoch(0))?, &cfg.source.slot).await?;
+    let status = pgprism_sink::status::read(&cfg.projector(Epoch(0)), &cfg.source.slot).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());

@@ -396,6 +396,22 @@ fn config_errors_name_the_key_path() {
             ),
             "config: projections[1].targets[0].sink: no sink named \"redis\" (defined: cache, pg)",
         ),
+        // Typed where they are read: a DSN, a size, an address.
+        (
+            EXAMPLE.replace(
+                "[sinks.pg]\nkind = \"postgres\"\ndsn = \"postgres://pgprism@localhost:5432/shop\"",
+                "[sinks.pg]\nkind = \"postgres\"\ndsn = \"postgres://pgprism:hunter2@localhost:notaport/shop\"",
+            ),
+            "config: sinks.pg.dsn: invalid DSN postgres://pgprism:***@localhost:notaport/shop",
+        ),
+        (
+            EXAMPLE.replace("replay_window = \"64MB\"", "replay_window = \"lots\""),
+            "config: leader.replay_window: \"lots\" is not a size like 0, 512kB, 64MB or 2GB",
+        ),
+        (
+            EXAMPLE.replace("bind = \"127.0.0.1:9187\"", "bind = \"localhost\""),
+            "config: http.bind: \"localhost\" is not an address like 127.0.0.1:9187",
+        ),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("{i}.toml"));
@@ -404,6 +420,7 @@ fn config_errors_name_the_key_path() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.contains(want), "want {want:?} in {err}");
+        assert!(!err.contains("hunter2"), "the password shown: {err}");
         assert_eq!(err.lines().count(), 1, "one line: {err}");
     }
 }

@@ -34,7 +34,8 @@ use crate::query::{Mapping, QueryProjection};
 use crate::rebuild::{Swap, shadow_table, shadow_target};
 use crate::redis::RedisWriter;
 use crate::spec::{
-    BackfillSpec, BatchSpec, ProjectionSpec, Resolved, Sink, SinkSpec, parse_table_name, validate,
+    BackfillSpec, BatchSpec, KeyMapping, ProjectionSpec, Resolved, Sink, SinkSpec,
+    parse_table_name, validate,
 };
 use pgprism_leader::fence::read_backfill;
 
@@ -288,8 +289,6 @@ pub async fn check(cfg: &ProjectorConfig) -> Vec<SinkError> {
             match sink {
                 Sink::Postgres { dsn } => {
                     let result = async {
-                        let dsn = Dsn::parse(dsn)
-                            .map_err(|e| SinkError::config(&target, e.to_string()))?;
                         let client = connect(&dsn.named(&format!("pgprism sink {target}")), &target).await?;
                         if sinks_ok.insert(t.sink.clone(), true).is_none() {
                             let can: bool = client
@@ -402,8 +401,8 @@ async fn plan(
             let mut mappings = Vec::new();
             for (table_name, ks) in &q.keys {
                 let (schema, table) = table_of(name, table_name)?;
-                let mapping = match (&ks.query, &ks.column, &ks.columns) {
-                    (Some(query), column, _) => {
+                let mapping = match ks {
+                    KeyMapping::FanOut { query, column } => {
                         let column = match column {
                             Some(c) => c.clone(),
                             None => {
@@ -426,9 +425,7 @@ async fn plan(
                             query: query.clone(),
                         }
                     }
-                    (None, Some(c), _) => Mapping::Columns(vec![c.clone()]),
-                    (None, None, Some(cs)) => Mapping::Columns(cs.clone()),
-                    (None, None, None) => unreachable!("validated"),
+                    KeyMapping::Columns(cs) => Mapping::Columns(cs.clone()),
                 };
                 mappings.push((schema, table, mapping));
             }
@@ -446,8 +443,7 @@ async fn plan(
 /// A Postgres target to open a writer for.
 struct PgTarget<'a> {
     target: &'a str,
-    sink: &'a str,
-    dsn: &'a str,
+    dsn: &'a Dsn,
     schema: &'a str,
     table: &'a str,
 }
@@ -462,9 +458,8 @@ async fn pg_writer(
     initial: Option<&str>,
 ) -> Result<(PgWriter, Offset), SinkError> {
     let target = t.target;
-    let dsn = Dsn::parse(t.dsn)
-        .map_err(|e| SinkError::config(target, format!("sinks.{}.dsn: {e}", t.sink)))?;
-    let dsn = dsn
+    let dsn = t
+        .dsn
         .named(&format!("pgprism sink {target}"))
         .with_options(timeouts);
     let (client, pid) = connect_writer(&dsn, target).await?;
@@ -593,7 +588,6 @@ impl Projector {
                             cfg,
                             PgTarget {
                                 target: &target,
-                                sink: &t.sink,
                                 dsn,
                                 schema: &schema,
                                 table: &table,
@@ -614,7 +608,6 @@ impl Projector {
                                 cfg,
                                 PgTarget {
                                     target: &shadow,
-                                    sink: &t.sink,
                                     dsn,
                                     schema: &schema,
                                     table: &shadow_table,

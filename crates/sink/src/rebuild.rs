@@ -24,7 +24,7 @@
 use std::sync::Arc;
 
 use pgprism_leader::{Epoch, PgFence, RedisFence, supersede};
-use pgprism_pg::{Dsn, quote_ident};
+use pgprism_pg::quote_ident;
 
 use crate::backfill::BackfillState;
 use crate::error::SinkError;
@@ -96,7 +96,6 @@ pub async fn request(cfg: &ProjectorConfig, projection: &str) -> Result<Requeste
             .map_err(|e| SinkError::config(&target, e.to_string()))?
         {
             Sink::Postgres { dsn } => {
-                let dsn = Dsn::parse(dsn).map_err(|e| SinkError::config(&target, e.to_string()))?;
                 let client =
                     connect(&dsn.named(&format!("pgprism sink {target}")), &target).await?;
                 let (schema, table) = t

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
-use pgprism_pg::redact_dsn;
+use pgprism_pg::Dsn;
 use serde::{Deserialize, Serialize};
 
 /// Default upper bound on changes in one batch.
@@ -48,9 +48,9 @@ pub enum SinkKind {
 pub struct SinkSpec {
     /// `postgres` or `redis`.
     pub kind: SinkKind,
-    /// Postgres: connection string (`postgres://…` or `key=value`).
+    /// Postgres: connection string (`postgres://…` or `key=value`), parsed as it is read.
     #[serde(default)]
-    pub dsn: Option<String>,
+    pub dsn: Option<Dsn>,
     /// Redis: `redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS.
     #[serde(default)]
     pub url: Option<String>,
@@ -62,10 +62,10 @@ pub struct SinkSpec {
 
 impl SinkSpec {
     /// A Postgres sink.
-    pub fn postgres(dsn: impl Into<String>) -> SinkSpec {
+    pub fn postgres(dsn: Dsn) -> SinkSpec {
         SinkSpec {
             kind: SinkKind::Postgres,
-            dsn: Some(dsn.into()),
+            dsn: Some(dsn),
             url: None,
             ca_file: None,
         }
@@ -89,7 +89,7 @@ pub enum Sink<'a> {
     /// A Postgres database.
     Postgres {
         /// Its connection string.
-        dsn: &'a str,
+        dsn: &'a Dsn,
     },
     /// A Redis server.
     Redis {
@@ -120,8 +120,8 @@ impl SinkSpec {
                     ));
                 }
                 match &self.dsn {
-                    Some(dsn) if !dsn.trim().is_empty() => Ok(Sink::Postgres { dsn }),
-                    _ => Err(err(format!("{path}.dsn"), "a postgres sink needs `dsn`")),
+                    Some(dsn) => Ok(Sink::Postgres { dsn }),
+                    None => Err(err(format!("{path}.dsn"), "a postgres sink needs `dsn`")),
                 }
             }
             SinkKind::Redis => {
@@ -165,11 +165,10 @@ impl SinkSpec {
 impl fmt::Debug for SinkSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
-            SinkKind::Postgres => write!(
-                f,
-                "Postgres({})",
-                redact_dsn(self.dsn.as_deref().unwrap_or(""))
-            ),
+            SinkKind::Postgres => match &self.dsn {
+                Some(dsn) => write!(f, "Postgres({dsn})"),
+                None => write!(f, "Postgres(no dsn)"),
+            },
             SinkKind::Redis => write!(
                 f,
                 "Redis({})",
@@ -302,11 +301,19 @@ impl ProjectionSpec {
                         "a query projection needs `query`",
                     ));
                 };
+                let keys = self
+                    .keys
+                    .iter()
+                    .map(|(table, source)| {
+                        let kpath = format!("{path}.keys.\"{table}\"");
+                        Ok((table.clone(), source.mapping(key.len(), &kpath)?))
+                    })
+                    .collect::<Result<_, SpecError>>()?;
                 Ok(Resolved::Query(QuerySpec {
                     name: self.name.clone(),
                     key: key.clone(),
                     query: query.clone(),
-                    keys: self.keys.clone(),
+                    keys,
                     targets: self.targets.clone(),
                 }))
             }
@@ -342,9 +349,54 @@ pub struct QuerySpec {
     /// the rows for those keys (`… WHERE o.id = ANY($1)`).
     pub query: String,
     /// For each source table, how a change to it maps to read-model keys.
-    pub keys: BTreeMap<String, KeySource>,
+    pub keys: BTreeMap<String, KeyMapping>,
     /// Where the rows go.
     pub targets: Vec<TargetSpec>,
+}
+
+/// How a change to one source table maps to read-model keys, checked
+/// ([`KeySource::mapping`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyMapping {
+    /// The read-model key is in these source columns, in key order.
+    Columns(Vec<String>),
+    /// A fan-out query from `$1`, an array of `column` values (`None`: the table's
+    /// single-column primary key), to read-model keys.
+    FanOut {
+        /// The source column passed as `$1`.
+        column: Option<String>,
+        /// The query.
+        query: String,
+    },
+}
+
+impl KeySource {
+    /// The mapping this entry asks for, for a read-model key of `key_len` columns;
+    /// `path` names the entry in errors.
+    pub fn mapping(&self, key_len: usize, path: &str) -> Result<KeyMapping, SpecError> {
+        match (&self.column, &self.columns, &self.query) {
+            (Some(_), Some(_), _) => Err(err(path, "give `column` or `columns`, not both")),
+            (None, None, None) => Err(err(path, "needs `column` (or `columns`) or `query`")),
+            (_, Some(_), Some(_)) => Err(err(
+                format!("{path}.columns"),
+                "a fan-out query takes one `column` as $1",
+            )),
+            (column, None, Some(query)) => Ok(KeyMapping::FanOut {
+                column: column.clone(),
+                query: query.clone(),
+            }),
+            (None, Some(cols), None) if cols.len() != key_len => Err(err(
+                format!("{path}.columns"),
+                format!("must name {key_len} columns, one per key column"),
+            )),
+            (None, Some(cols), None) => Ok(KeyMapping::Columns(cols.clone())),
+            (Some(_), None, None) if key_len != 1 => Err(err(
+                path,
+                format!("the key has {key_len} columns; use `columns = [...]`"),
+            )),
+            (Some(column), None, None) => Ok(KeyMapping::Columns(vec![column.clone()])),
+        }
+    }
 }
 
 /// How a change to one source table maps to read-model keys.
@@ -694,40 +746,13 @@ pub fn validate(
                         "must map at least one source table to keys",
                     ));
                 }
-                for (table, source) in &q.keys {
-                    let kpath = format!("{path}.keys.\"{table}\"");
+                // Each mapping was checked by `resolve`.
+                for table in q.keys.keys() {
                     if parse_table_name(table).is_none() {
-                        return Err(err(kpath, "is not a table name like public.orders"));
-                    }
-                    match (&source.column, &source.columns, &source.query) {
-                        (Some(_), Some(_), _) => {
-                            return Err(err(kpath, "give `column` or `columns`, not both"));
-                        }
-                        (None, None, None) => {
-                            return Err(err(kpath, "needs `column` (or `columns`) or `query`"));
-                        }
-                        (_, Some(cols), None) if cols.len() != q.key.len() => {
-                            return Err(err(
-                                format!("{kpath}.columns"),
-                                format!("must name {} columns, one per key column", q.key.len()),
-                            ));
-                        }
-                        (Some(_), None, None) if q.key.len() != 1 => {
-                            return Err(err(
-                                kpath,
-                                format!(
-                                    "the key has {} columns; use `columns = [...]`",
-                                    q.key.len()
-                                ),
-                            ));
-                        }
-                        (_, Some(_), Some(_)) => {
-                            return Err(err(
-                                format!("{kpath}.columns"),
-                                "a fan-out query takes one `column` as $1",
-                            ));
-                        }
-                        _ => {}
+                        return Err(err(
+                            format!("{path}.keys.\"{table}\""),
+                            "is not a table name like public.orders",
+                        ));
                     }
                 }
                 (&q.name, &q.targets, None)
@@ -955,6 +980,14 @@ format = "json"
                 "batch.min_rows",
             ),
             (
+                DESIGN_EXAMPLE.replace("postgres://app:secret@localhost:5432/shop", " "),
+                "is empty: set a connection string",
+            ),
+            (
+                DESIGN_EXAMPLE.replace("localhost:5432", "localhost:notaport"),
+                "invalid DSN postgres://app:***@",
+            ),
+            (
                 format!("{DESIGN_EXAMPLE}\n[batch]\nsessions = 3\n"),
                 "batch.sessions: must be 1 or 2",
             ),
@@ -971,12 +1004,10 @@ format = "json"
 
     #[test]
     fn sinks_resolve_by_kind_or_name_the_key() {
-        let pg = SinkSpec::postgres("postgres://db/shop");
+        let pg = SinkSpec::postgres(Dsn::parse("postgres://db/shop").unwrap());
         assert!(matches!(
             pg.resolve("pg"),
-            Ok(Sink::Postgres {
-                dsn: "postgres://db/shop"
-            })
+            Ok(Sink::Postgres { dsn }) if dsn.target() == "db:5432"
         ));
         let mut tls = SinkSpec::redis("rediss://cache:6380");
         tls.ca_file = Some("/etc/ca.pem".into());
@@ -998,7 +1029,6 @@ format = "json"
             (pg_ca, "sinks.s.ca_file"),
             (no_url, "sinks.s.url"),
             (SinkSpec::redis("http://cache"), "sinks.s.url"),
-            (SinkSpec::postgres(" "), "sinks.s.dsn"),
         ] {
             let e = spec
                 .resolve("s")
@@ -1011,7 +1041,7 @@ format = "json"
 
     #[test]
     fn sink_debug_hides_passwords() {
-        let pg = SinkSpec::postgres("postgres://app:secret@db/shop");
+        let pg = SinkSpec::postgres(Dsn::parse("postgres://app:secret@db/shop").unwrap());
         let redis = SinkSpec::redis("redis://u:hunter2@cache:6379/0");
         let shown = format!("{pg:?} {redis:?}");
         assert!(

@@ -159,8 +159,6 @@ async fn read_target(
         .map_err(|e| SinkError::config(name, e.to_string()))?
     {
         Sink::Postgres { dsn } => {
-            let dsn =
-                pgprism_pg::Dsn::parse(dsn).map_err(|e| SinkError::config(name, e.to_string()))?;
             let client = connect(&dsn.named(&format!("pgprism sink {name}")), name).await?;
             let row = client
                 .query_opt(

@@ -106,7 +106,9 @@ key = "o:{id}""#
     );
     cfg.sinks.insert(
         "pg".to_owned(),
-        pgprism_sink::spec::SinkSpec::postgres("postgres://app:hunter2@127.0.0.1:1/shop"),
+        pgprism_sink::spec::SinkSpec::postgres(
+            pgprism_pg::Dsn::parse("postgres://app:hunter2@127.0.0.1:1/shop").unwrap(),
+        ),
     );
     let got = Projector::start(&cfg).await.unwrap_err().to_string();
     assert!(

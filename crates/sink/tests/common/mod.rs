@@ -90,7 +90,10 @@ impl Env {
 
     pub fn sinks(&self) -> BTreeMap<String, SinkSpec> {
         BTreeMap::from([
-            ("pg".to_owned(), SinkSpec::postgres(self.dsn.clone())),
+            (
+                "pg".to_owned(),
+                SinkSpec::postgres(Dsn::parse(&self.dsn).unwrap()),
+            ),
             ("cache".to_owned(), SinkSpec::redis(self.redis.url())),
         ])
     }
