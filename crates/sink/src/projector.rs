@@ -479,15 +479,19 @@ async fn pg_writer(
     .await?;
     // Our epoch owns the target now: a predecessor's session still inside a transaction
     // on its table, idle that long, is frozen — its locks would hold our first writes
-    // until it wakes.
-    pgprism_leader::fence::terminate_frozen_writers(
+    // until it wakes. Failing to end it (no right to) is not fatal: a lock wait then
+    // says so, and the retry tries again.
+    if let Err(e) = pgprism_leader::fence::terminate_frozen_writers(
         &client,
         dsn.session_name(),
         table.quoted(),
         &[pid],
         cfg.takeover_after,
     )
-    .await?;
+    .await
+    {
+        tracing::warn!(target_name = %target, error = %e, "could not end a frozen predecessor's sink session");
+    }
     Ok((
         PgWriter {
             dsn,
