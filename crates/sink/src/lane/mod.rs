@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use pgprism_decoder::Lsn;
 use pgprism_decoder::stream::{Backoff, ChangeKind};
-use pgprism_leader::{Offset, PgFence};
+use pgprism_leader::Offset;
 use pgprism_pg::Dsn;
 use tokio::sync::oneshot;
 use tokio_postgres::{Client, GenericClient};
@@ -30,6 +30,10 @@ use crate::mirror::Mirror;
 use crate::postgres::{Applied, PgTable};
 use crate::query::{KeySet, QueryProjection};
 use crate::redis::RedisWriter;
+
+mod writer;
+
+pub(crate) use writer::{AltSession, PgWriter, TargetWriter, Writer, connect, connect_writer};
 
 /// How a projection turns changes into operations.
 #[derive(Debug)]
@@ -44,81 +48,6 @@ enum Pending {
     /// Shared with a flush in progress, so a flush never copies the batch.
     Rows(Arc<Batch>),
     Keys(KeySet),
-}
-
-/// A Postgres target's session, table and fence.
-pub(crate) struct PgWriter {
-    pub(crate) dsn: Dsn,
-    /// Shared with a background flush ([`InFlight`]); never used while one runs.
-    pub(crate) client: Arc<Client>,
-    pub(crate) table: Arc<PgTable>,
-    pub(crate) fence: PgFence,
-    /// Flushes applied in the open replay transaction (0: none open).
-    pub(crate) replay_flushes: u32,
-    /// A transaction is open on `client` (a flush cancelled mid-way leaves one behind).
-    pub(crate) in_tx: bool,
-    /// A second session for background flushes, opened on first use: one batch's rows are
-    /// copied into its staging table while the previous batch is applied on the other.
-    pub(crate) alt: Option<AltSession>,
-    /// Sessions background flushes take turns on (`batch.sessions`: 1 or 2).
-    pub(crate) sessions: usize,
-    /// The server process of `client`: never taken for a frozen predecessor's.
-    pub(crate) pid: i32,
-    /// How long a session may sit idle in a transaction holding the table's rows before
-    /// it is taken for a deposed leader's, frozen (`leader.takeover_after`).
-    pub(crate) takeover_after: Duration,
-}
-
-/// The second session of a Postgres target (see [`PgWriter::alt`]).
-pub(crate) struct AltSession {
-    client: Arc<Client>,
-    table: Arc<PgTable>,
-    in_tx: bool,
-    pid: i32,
-}
-
-impl PgWriter {
-    /// After a lock wait timed out: terminate a deposed leader's session frozen inside a
-    /// transaction on this table (see [`pgprism_leader::fence::terminate_frozen_writers`]),
-    /// on a session of its own (ours may be inside a failed transaction). Failing to is
-    /// logged; the retry then waits again.
-    async fn end_frozen_predecessors(&self, target: &str) {
-        let mut ours = vec![self.pid];
-        ours.extend(self.alt.as_ref().map(|a| a.pid));
-        let result = async {
-            let client = connect(&self.dsn, target).await?;
-            pgprism_leader::fence::terminate_frozen_writers(
-                &client,
-                self.dsn.session_name(),
-                self.table.quoted(),
-                &ours,
-                self.takeover_after,
-            )
-            .await
-            .map_err(SinkError::from)
-        }
-        .await;
-        if let Err(e) = result {
-            tracing::warn!(target_name = %target, error = %e, "could not look for a frozen predecessor's sink session");
-        }
-    }
-
-    /// Session 0 (the main one) or 1 (the second): client, table, open-transaction flag.
-    fn session(&mut self, s: usize) -> Option<(Arc<Client>, Arc<PgTable>, &mut bool)> {
-        match s {
-            0 => Some((self.client.clone(), self.table.clone(), &mut self.in_tx)),
-            _ => self
-                .alt
-                .as_mut()
-                .map(|a| (a.client.clone(), a.table.clone(), &mut a.in_tx)),
-        }
-    }
-}
-
-/// Where a lane writes.
-pub(crate) enum Writer {
-    Postgres(Box<PgWriter>),
-    Redis(Box<RedisWriter>),
 }
 
 /// What a flush did in one lane.
@@ -257,31 +186,6 @@ impl std::fmt::Debug for Lane {
     }
 }
 
-/// Connect a SQL session (TLS as the DSN asks, the text formats pgprism reads and
-/// writes) for `what`, a target or the source.
-pub(crate) async fn connect(dsn: &Dsn, what: &str) -> Result<Client, SinkError> {
-    let (client, _connection) =
-        pgprism_pg::connect(dsn)
-            .await
-            .map_err(|source| SinkError::Connect {
-                target: what.to_owned(),
-                server: dsn.target(),
-                source,
-            })?;
-    Ok(client)
-}
-
-/// [`connect`] for a writer's session, with its server process id.
-pub(crate) async fn connect_writer(dsn: &Dsn, what: &str) -> Result<(Client, i32), SinkError> {
-    let client = connect(dsn, what).await?;
-    let pid = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .map_err(SinkError::pg(what, "reading the session's process id"))?
-        .get(0);
-    Ok((client, pid))
-}
-
 /// What the slot may be acknowledged to when `offset` is all that is known: the end of a
 /// whole transaction, or nothing for an offset inside one (its transaction's start is
 /// not recorded).
@@ -308,10 +212,7 @@ impl Lane {
         detach_after: Duration,
         backfill: Option<Backfill>,
     ) -> Lane {
-        let replay_until = match &writer {
-            Writer::Postgres(w) => w.fence.replay_until(),
-            Writer::Redis(_) => None,
-        };
+        let replay_until = writer.replay_until();
         Lane {
             dead: DeadLetters::new(pipeline, &name),
             name,
@@ -540,10 +441,7 @@ impl Lane {
         }
         self.probed = Instant::now();
         self.reconnect_if_closed().await;
-        match &mut self.writer {
-            Writer::Postgres(w) => w.client.batch_execute("SELECT 1").await.is_ok(),
-            Writer::Redis(w) => w.reconnect().await.is_ok() && w.ping().await.is_ok(),
-        }
+        self.writer.probe().await
     }
 
     /// Whether a background flush is running.
@@ -918,28 +816,9 @@ impl Lane {
     }
 
     async fn reconnect_if_closed(&mut self) {
-        if let Writer::Postgres(w) = &mut self.writer
-            && w.client.is_closed()
-        {
-            match connect_writer(&w.dsn, &self.name).await {
-                Ok((c, pid)) => {
-                    w.client = Arc::new(c);
-                    w.pid = pid;
-                    w.in_tx = false;
-                    w.table.transaction_ended();
-                }
-                Err(e) => {
-                    tracing::warn!(target_name = %self.name, error = %e, "reconnecting to the sink failed")
-                }
-            }
-        }
+        self.writer.reconnect_if_closed(&self.name).await;
         if self.source.as_ref().is_some_and(Client::is_closed) {
             self.source = None;
-        }
-        if let Writer::Redis(w) = &mut self.writer
-            && let Err(e) = w.reconnect().await
-        {
-            tracing::warn!(target_name = %self.name, error = %e, "reconnecting to Redis failed");
         }
     }
 
@@ -1170,29 +1049,7 @@ impl Lane {
             return Ok(Vec::new());
         };
         let shape = q.prepare(source).await?;
-        match &mut self.writer {
-            Writer::Postgres(w) => {
-                let (client, table) = (&*w.client, &w.table);
-                let cols = shape
-                    .key_names()
-                    .map(|n| format!("{}::text", pgprism_pg::quote_ident(n)))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let rows = client
-                    .query(&format!("SELECT {cols} FROM {}", table.quoted()), &[])
-                    .await
-                    .map_err(SinkError::pg(&self.name, "listing the target's keys"))?;
-                Ok(rows
-                    .iter()
-                    .filter_map(|r| {
-                        (0..r.len())
-                            .map(|j| r.get::<_, Option<String>>(j).map(bytes::Bytes::from))
-                            .collect()
-                    })
-                    .collect())
-            }
-            Writer::Redis(w) => w.existing_keys(&shape).await,
-        }
+        self.writer.existing_keys(&self.name, &shape).await
     }
 
     /// One attempt: (rows written, dead letters, whether the offset is now durable).
@@ -1376,27 +1233,11 @@ impl Lane {
         if self.replay_open() {
             self.abandon_replay().await;
         }
-        match &mut self.writer {
-            Writer::Postgres(w) => {
-                let client = &*w.client;
-                client
-                    .batch_execute("BEGIN")
-                    .await
-                    .map_err(SinkError::pg(&self.name, "beginning the rewind"))?;
-                if let Err(e) = w.fence.rewind(client, to).await {
-                    client.batch_execute("ROLLBACK").await.ok();
-                    return Err(e.into());
-                }
-                client
-                    .batch_execute("COMMIT")
-                    .await
-                    .map_err(SinkError::pg(&self.name, "committing the rewind"))?;
-                if self.stored > to {
-                    self.replay_until =
-                        Some(self.replay_until.unwrap_or(self.stored).max(self.stored));
-                }
-            }
-            Writer::Redis(w) => w.rewind(to).await?,
+        self.writer.rewind(&self.name, to).await?;
+        // Postgres applies the replay in one transaction until it reaches the old offset
+        // again; Redis's per-key guards need no such thing.
+        if self.writer.replays_in_one_transaction() && self.stored > to {
+            self.replay_until = Some(self.replay_until.unwrap_or(self.stored).max(self.stored));
         }
         self.pending = None;
         self.pending_changes = 0;
