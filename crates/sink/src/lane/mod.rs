@@ -33,7 +33,10 @@ use crate::redis::RedisWriter;
 
 mod writer;
 
-pub(crate) use writer::{AltSession, PgWriter, TargetWriter, Writer, connect, connect_writer};
+pub(crate) use writer::{
+    AltSession, Durability, LaneParts, PgWriter, TargetWriter, Work, Writer, connect,
+    connect_writer,
+};
 
 /// How a projection turns changes into operations.
 #[derive(Debug)]
@@ -740,7 +743,7 @@ impl Lane {
         let failing_since = Instant::now();
         loop {
             match self.try_flush(to, chunk_due).await {
-                Ok((written, dead, durable)) => {
+                Ok((written, dead, durability)) => {
                     report.written = written;
                     report.dead_letters = dead;
                     if let Some(Pending::Rows(b)) = &self.pending {
@@ -749,7 +752,7 @@ impl Lane {
                     self.pending = None;
                     self.pending_changes = 0;
                     self.covered = to;
-                    if durable {
+                    if durability == Durability::Durable {
                         self.stored = to;
                         self.ackable = self.ackable.max(ack);
                         self.last_commit = Instant::now();
@@ -1057,7 +1060,7 @@ impl Lane {
         &mut self,
         to: Offset,
         chunk_due: bool,
-    ) -> Result<(u64, u64, bool), SinkError> {
+    ) -> Result<(u64, u64, Durability), SinkError> {
         self.chunk = None;
         let began = Instant::now();
         let shared = self.shared_chunk.take();
@@ -1086,143 +1089,28 @@ impl Lane {
             .as_ref()
             .map(|b| b.shape.clone())
             .or_else(|| self.shape.clone());
-        match &mut self.writer {
-            Writer::Postgres(w) => {
-                let PgWriter {
-                    client,
-                    table,
-                    fence,
-                    replay_flushes,
-                    in_tx,
-                    ..
-                } = &mut **w;
-                // Inside a replay, until its end: one transaction across flushes.
-                let in_replay = self.replay_until.is_some_and(|hwm| to < hwm);
-                if *replay_flushes == 0 {
-                    // A flush cancelled mid-way (another lane failed) left its transaction.
-                    let begin = if *in_tx { "ROLLBACK; BEGIN" } else { "BEGIN" };
-                    client
-                        .batch_execute(begin)
-                        .await
-                        .map_err(SinkError::pg(&self.name, "beginning the sink transaction"))?;
-                    table.transaction_ended();
-                    *in_tx = true;
-                }
-                let client: &Client = client;
-                let result: Result<(u64, u64), SinkError> = async {
-                    let (mut written, mut dead) = (0, 0);
-                    if let Some(shape) = &shape {
-                        written += requests_pg(
-                            client,
-                            &self.dead,
-                            &mut self.logic,
-                            &mut self.source,
-                            &self.source_dsn,
-                            table,
-                            shape,
-                            &self.name,
-                        )
-                        .await?;
-                    }
-                    if let Some(batch) = &batch {
-                        let (w, d) = write_pg(client, &self.dead, table, batch).await?;
-                        written += w;
-                        dead += d;
-                        self.dead
-                            .add(client, &batch.shape, &failure_letters(&recompute_failed))
-                            .await?;
-                        dead += recompute_failed.len() as u64;
-                    }
-                    if !in_replay {
-                        if let Some(state) = &state {
-                            fence.set_backfill(client, Some(state)).await?;
-                        }
-                        fence.commit_offset(client, to).await?;
-                        client.batch_execute("COMMIT").await.map_err(SinkError::pg(
-                            &self.name,
-                            "committing the sink transaction",
-                        ))?;
-                    }
-                    Ok((written, dead))
-                }
-                .await;
-                match result {
-                    Ok((written, dead)) if in_replay => {
-                        *replay_flushes += 1;
-                        Ok((written, dead, false))
-                    }
-                    Ok((written, dead)) => {
-                        *replay_flushes = 0;
-                        *in_tx = false;
-                        table.transaction_ended();
-                        self.chunk = chunk;
-                        Ok((written, dead, true))
-                    }
-                    Err(e) => {
-                        if *replay_flushes == 0 {
-                            roll_back(client, table, in_tx).await;
-                        }
-                        Err(e)
-                    }
-                }
-            }
-            Writer::Redis(w) => {
-                let source = match &self.source {
-                    Some(s) if !s.is_closed() => s,
-                    _ => {
-                        self.source = Some(connect(&self.source_dsn, &self.name).await?);
-                        self.source.as_ref().expect("connected above")
-                    }
-                };
-                let (mut written, mut dead) = (0, 0);
-                if let Some(shape) = &shape {
-                    written +=
-                        requests_redis(source, &self.dead, &mut self.logic, w, shape).await?;
-                }
-                if let Some(batch) = &batch {
-                    let keys: Vec<&Key> = batch.entries.keys().collect();
-                    let held: HashSet<String> =
-                        self.dead.held(source, &keys).await?.into_iter().collect();
-                    let (go, hold) = split_held(batch, &held);
-                    self.dead
-                        .add(source, &batch.shape, &held_letters(&hold))
-                        .await?;
-                    dead += hold.len() as u64;
-                    let out = w.write(batch, &go).await?;
-                    written += out.written;
-                    let failed: Vec<(Key, Entry, String, String)> = out
-                        .failed
-                        .into_iter()
-                        .filter_map(|(k, code, err)| {
-                            let e = batch.entries.get(&k)?.clone();
-                            Some((k, e, code, err))
-                        })
-                        .collect();
-                    let letters: Vec<Letter<'_>> = failed
-                        .iter()
-                        .map(|(k, e, code, err)| Letter {
-                            key: k,
-                            entry: e,
-                            status: Status::Failed,
-                            code: Some(code.clone()),
-                            error: err.clone(),
-                        })
-                        .collect();
-                    self.dead.add(source, &batch.shape, &letters).await?;
-                    dead += letters.len() as u64;
-                    self.dead
-                        .add(source, &batch.shape, &failure_letters(&recompute_failed))
-                        .await?;
-                    dead += recompute_failed.len() as u64;
-                }
-                match &state {
-                    Some(state) => w.commit_backfill(to, state).await?,
-                    None => w.commit(to).await?,
-                }
-                self.chunk = chunk;
-                Ok((written, dead, true))
-            }
+        // Inside a replay, until its end: one transaction across flushes (Postgres).
+        let in_replay = self.replay_until.is_some_and(|hwm| to < hwm);
+        let parts = LaneParts {
+            name: &self.name,
+            dead: &self.dead,
+            logic: &mut self.logic,
+            source: &mut self.source,
+            source_dsn: &self.source_dsn,
+        };
+        let work = Work {
+            to,
+            shape: shape.as_ref(),
+            batch: batch.as_deref(),
+            recompute_failed: &recompute_failed,
+            backfill_state: state.as_deref(),
+            in_replay,
+        };
+        let (written, dead, durability) = self.writer.apply(parts, work).await?;
+        if durability == Durability::Durable {
+            self.chunk = chunk;
         }
+        Ok((written, dead, durability))
     }
 
     /// Rewind this lane's offset to `to` (a replay; never forward: a lane behind `to`

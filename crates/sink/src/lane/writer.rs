@@ -5,14 +5,58 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashSet;
+
 use pgprism_leader::{Offset, PgFence};
 use pgprism_pg::Dsn;
 use tokio_postgres::Client;
 
-use crate::batch::{Key, Shape};
+use super::{
+    Failure, Logic, failure_letters, held_letters, requests_pg, requests_redis, roll_back,
+    split_held, write_pg,
+};
+use crate::batch::{Batch, Entry, Key, Shape};
+use crate::dead_letter::{DeadLetters, Letter, Status};
 use crate::error::SinkError;
 use crate::postgres::PgTable;
 use crate::redis::RedisWriter;
+
+/// What a flush's write left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Committed with its offset: nothing of it is delivered again.
+    Durable,
+    /// Accepted into a transaction still open (a replay's, until it reaches the old
+    /// offset): a crash loses it and the stream delivers it again.
+    Accepted,
+}
+
+/// One flush's work for a target.
+pub(crate) struct Work<'a> {
+    /// The offset the flush covers.
+    pub(crate) to: Offset,
+    /// The rows' shape (dead-letter requests need it even without a batch).
+    pub(crate) shape: Option<&'a Arc<Shape>>,
+    /// The rows to write, if any.
+    pub(crate) batch: Option<&'a Batch>,
+    /// Keys whose recompute failed: dead letters.
+    pub(crate) recompute_failed: &'a [Failure],
+    /// The backfill's position after this flush's chunk, committed with it.
+    pub(crate) backfill_state: Option<&'a str>,
+    /// Inside a replay, before its end: keep the transaction open (Postgres).
+    pub(crate) in_replay: bool,
+}
+
+/// What a write needs of its lane.
+pub(crate) struct LaneParts<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) dead: &'a DeadLetters,
+    /// For `pgprism dlq retry` requests of a query projection (recomputed).
+    pub(crate) logic: &'a mut Logic,
+    /// The source session (Redis targets keep their dead letters there).
+    pub(crate) source: &'a mut Option<Client>,
+    pub(crate) source_dsn: &'a Dsn,
+}
 
 /// What a lane asks of its target besides applying batches.
 pub(crate) trait TargetWriter {
@@ -30,6 +74,14 @@ pub(crate) trait TargetWriter {
     async fn rewind(&mut self, target: &str, to: Offset) -> Result<(), SinkError>;
     /// Every key the target holds, as `shape` names them.
     async fn existing_keys(&mut self, target: &str, shape: &Shape) -> Result<Vec<Key>, SinkError>;
+    /// Write one flush: the `pgprism dlq` requests waiting, the batch (rows the target
+    /// rejects become dead letters), the failed recomputes' dead letters, then the fenced
+    /// offset — all or nothing; (rows written, dead letters, durability).
+    async fn apply(
+        &mut self,
+        lane: LaneParts<'_>,
+        work: Work<'_>,
+    ) -> Result<(u64, u64, Durability), SinkError>;
 }
 
 /// A Postgres target's session, table and fence.
@@ -153,6 +205,92 @@ impl TargetWriter for PgWriter {
             .map_err(SinkError::pg(target, "committing the rewind"))
     }
 
+    async fn apply(
+        &mut self,
+        lane: LaneParts<'_>,
+        work: Work<'_>,
+    ) -> Result<(u64, u64, Durability), SinkError> {
+        let PgWriter {
+            client,
+            table,
+            fence,
+            replay_flushes,
+            in_tx,
+            ..
+        } = self;
+        let name = lane.name;
+        if *replay_flushes == 0 {
+            // A flush cancelled mid-way (another lane failed) left its transaction.
+            let begin = if *in_tx { "ROLLBACK; BEGIN" } else { "BEGIN" };
+            client
+                .batch_execute(begin)
+                .await
+                .map_err(SinkError::pg(name, "beginning the sink transaction"))?;
+            table.transaction_ended();
+            *in_tx = true;
+        }
+        let client: &Client = client;
+        let result: Result<(u64, u64), SinkError> = async {
+            let (mut written, mut dead) = (0, 0);
+            if let Some(shape) = work.shape {
+                written += requests_pg(
+                    client,
+                    lane.dead,
+                    lane.logic,
+                    lane.source,
+                    lane.source_dsn,
+                    table,
+                    shape,
+                    name,
+                )
+                .await?;
+            }
+            if let Some(batch) = work.batch {
+                let (w, d) = write_pg(client, lane.dead, table, batch).await?;
+                written += w;
+                dead += d;
+                lane.dead
+                    .add(
+                        client,
+                        &batch.shape,
+                        &failure_letters(work.recompute_failed),
+                    )
+                    .await?;
+                dead += work.recompute_failed.len() as u64;
+            }
+            if !work.in_replay {
+                if let Some(state) = work.backfill_state {
+                    fence.set_backfill(client, Some(state)).await?;
+                }
+                fence.commit_offset(client, work.to).await?;
+                client
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(SinkError::pg(name, "committing the sink transaction"))?;
+            }
+            Ok((written, dead))
+        }
+        .await;
+        match result {
+            Ok((written, dead)) if work.in_replay => {
+                *replay_flushes += 1;
+                Ok((written, dead, Durability::Accepted))
+            }
+            Ok((written, dead)) => {
+                *replay_flushes = 0;
+                *in_tx = false;
+                table.transaction_ended();
+                Ok((written, dead, Durability::Durable))
+            }
+            Err(e) => {
+                if *replay_flushes == 0 {
+                    roll_back(client, table, in_tx).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
     async fn existing_keys(&mut self, target: &str, shape: &Shape) -> Result<Vec<Key>, SinkError> {
         let cols = shape
             .key_names()
@@ -201,6 +339,68 @@ impl TargetWriter for RedisWriter {
     async fn existing_keys(&mut self, _target: &str, shape: &Shape) -> Result<Vec<Key>, SinkError> {
         RedisWriter::existing_keys(self, shape).await
     }
+
+    async fn apply(
+        &mut self,
+        lane: LaneParts<'_>,
+        work: Work<'_>,
+    ) -> Result<(u64, u64, Durability), SinkError> {
+        // Dead letters of a Redis target live in the source database.
+        let source = match lane.source {
+            Some(s) if !s.is_closed() => s,
+            _ => lane
+                .source
+                .insert(super::connect(lane.source_dsn, lane.name).await?),
+        };
+        let (mut written, mut dead) = (0, 0);
+        if let Some(shape) = work.shape {
+            written += requests_redis(source, lane.dead, lane.logic, self, shape).await?;
+        }
+        if let Some(batch) = work.batch {
+            let keys: Vec<&Key> = batch.entries.keys().collect();
+            let held: HashSet<String> = lane.dead.held(source, &keys).await?.into_iter().collect();
+            let (go, hold) = split_held(batch, &held);
+            lane.dead
+                .add(source, &batch.shape, &held_letters(&hold))
+                .await?;
+            dead += hold.len() as u64;
+            let out = self.write(batch, &go).await?;
+            written += out.written;
+            let failed: Vec<(Key, Entry, String, String)> = out
+                .failed
+                .into_iter()
+                .filter_map(|(k, code, err)| {
+                    let e = batch.entries.get(&k)?.clone();
+                    Some((k, e, code, err))
+                })
+                .collect();
+            let letters: Vec<Letter<'_>> = failed
+                .iter()
+                .map(|(k, e, code, err)| Letter {
+                    key: k,
+                    entry: e,
+                    status: Status::Failed,
+                    code: Some(code.clone()),
+                    error: err.clone(),
+                })
+                .collect();
+            lane.dead.add(source, &batch.shape, &letters).await?;
+            dead += letters.len() as u64;
+            lane.dead
+                .add(
+                    source,
+                    &batch.shape,
+                    &failure_letters(work.recompute_failed),
+                )
+                .await?;
+            dead += work.recompute_failed.len() as u64;
+        }
+        match work.backfill_state {
+            Some(state) => self.commit_backfill(work.to, state).await?,
+            None => self.commit(work.to).await?,
+        }
+        Ok((written, dead, Durability::Durable))
+    }
 }
 
 impl TargetWriter for Writer {
@@ -243,6 +443,17 @@ impl TargetWriter for Writer {
         match self {
             Writer::Postgres(w) => w.existing_keys(target, shape).await,
             Writer::Redis(w) => TargetWriter::existing_keys(&mut **w, target, shape).await,
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        lane: LaneParts<'_>,
+        work: Work<'_>,
+    ) -> Result<(u64, u64, Durability), SinkError> {
+        match self {
+            Writer::Postgres(w) => w.apply(lane, work).await,
+            Writer::Redis(w) => w.apply(lane, work).await,
         }
     }
 }
