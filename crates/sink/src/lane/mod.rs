@@ -19,8 +19,7 @@ use pgprism_decoder::Lsn;
 use pgprism_decoder::stream::{Backoff, ChangeKind};
 use pgprism_leader::Offset;
 use pgprism_pg::Dsn;
-use tokio::sync::oneshot;
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::Client;
 
 use crate::backfill::{Backfill, Chunk, chunk_position};
 use crate::batch::{Batch, Entry, Key, Position, Shape, key_from_json, key_json, op_from_json};
@@ -29,13 +28,19 @@ use crate::error::{Class, SinkError};
 use crate::mirror::Mirror;
 use crate::postgres::{Applied, PgTable};
 use crate::query::{KeySet, QueryProjection};
-use crate::redis::RedisWriter;
 
+mod background;
+mod pg;
+mod redis_target;
+mod replay;
 mod writer;
 
+use background::InFlight;
+
+pub(crate) use pg::{AltSession, PgWriter};
+use pg::{hold_and_truncate, requests_pg, retry_batch, roll_back};
 pub(crate) use writer::{
-    AltSession, Durability, LaneParts, PgWriter, TargetWriter, Work, Writer, connect,
-    connect_writer,
+    Durability, LaneParts, TargetWriter, Work, Writer, connect, connect_writer,
 };
 
 /// How a projection turns changes into operations.
@@ -144,27 +149,6 @@ pub struct Lane {
     chunk_timing: (Instant, Duration),
     /// A rebuild's shadow lane: the live table it replaces once loaded (see `rebuild`).
     pub(crate) swap: Option<crate::rebuild::Swap>,
-}
-
-/// A Postgres flush started by [`Lane::flush_behind`]: its transaction is open, the rows
-/// and the offset are being written by a task while the next batch fills.
-struct InFlight {
-    /// Rows written; or the error and the batch, to flush again the synchronous way (on
-    /// success the task drops the batch, off this task's path).
-    handle: tokio::task::JoinHandle<Result<u64, (SinkError, Arc<Batch>)>>,
-    /// Its session (see [`PgWriter::session`]).
-    session: usize,
-    /// Whether it committed, for the next background flush (which applies its rows only
-    /// after it); taken by that one.
-    done: Option<oneshot::Receiver<bool>>,
-    /// Keys in the batch.
-    keys: usize,
-    changes: usize,
-    to: Offset,
-    ack: Lsn,
-    /// Rows written and dead letters recorded before the task started.
-    written: u64,
-    dead: u64,
 }
 
 impl Drop for Lane {
@@ -365,10 +349,7 @@ impl Lane {
         };
         if !differs {
             if !self.shape.as_ref().is_some_and(same) {
-                if let Writer::Postgres(w) = &self.writer {
-                    let table = &w.table;
-                    table.check_shape(&shape)?;
-                }
+                self.writer.check_shape(&shape)?;
                 self.shape = Some(shape.clone());
             }
             if let Some(Pending::Rows(b)) = &mut self.pending
@@ -450,262 +431,6 @@ impl Lane {
     /// Whether a background flush is running.
     pub(crate) fn is_behind(&self) -> bool {
         !self.inflight.is_empty()
-    }
-
-    /// Like [`Lane::flush`], except that a batch of rows for a Postgres target (outside a
-    /// replay) is applied and committed by a background task while the next batch fills:
-    /// routing the next changes overlaps the sink's work, and two sessions take turns, so
-    /// one batch is copied into a staging table while the one before it is applied. Batches
-    /// still apply and commit strictly in order. An offset becomes durable (and its counts
-    /// reported) when a later call waits for its flush ([`Lane::settle`]); until then
-    /// `stored` and `ackable` stay where they were, so nothing is acknowledged early.
-    pub(crate) async fn flush_behind(
-        &mut self,
-        to: Offset,
-        ack: Lsn,
-    ) -> Result<LaneFlush, SinkError> {
-        let mut settled = LaneFlush::default();
-        // The session this batch needs is busy with the oldest flush: wait for that one.
-        while self
-            .inflight
-            .front()
-            .is_some_and(|f| f.session == self.next_session)
-        {
-            settled = settled.and(self.settle_one().await?);
-        }
-        let deferrable = match (&self.pending, &self.writer) {
-            (Some(Pending::Rows(b)), Writer::Postgres(w)) => {
-                self.replay_until.is_none()
-                    && w.replay_flushes == 0
-                    && !self.backfilling()
-                    // A truncate waits for the table lock the flush before holds.
-                    && (b.truncate.is_none() || self.inflight.is_empty())
-            }
-            _ => false,
-        };
-        if deferrable {
-            // The session it tries (none of its flushes is running: settled above).
-            let session = self.next_session;
-            match self.start_behind(to, ack).await {
-                Ok(()) => return Ok(settled),
-                Err(e) => {
-                    // The synchronous flush below waits for the others, then retries,
-                    // isolates rejected rows and reports.
-                    tracing::debug!(target_name = %self.name, error = %e, "starting a background flush failed");
-                    if let Some((client, table, in_tx)) = w_session(&mut self.writer, session)
-                        && *in_tx
-                    {
-                        roll_back(&client, &table, in_tx).await;
-                    }
-                }
-            }
-        }
-        Ok(settled.and(self.flush(to, ack).await?))
-    }
-
-    /// The first half of a background flush, in this task: begin, carry out `dlq`
-    /// requests (only with no other flush running), record held keys, truncate; then hand
-    /// the rows, the offset and the commit to a task.
-    async fn start_behind(&mut self, to: Offset, ack: Lsn) -> Result<(), SinkError> {
-        let to = to.max(self.covered);
-        let s = self.next_session;
-        let (Some(Pending::Rows(batch)), Writer::Postgres(w)) = (&self.pending, &mut self.writer)
-        else {
-            unreachable!("checked by flush_behind");
-        };
-        let batch = batch.clone();
-        if s == 1 && w.alt.as_ref().is_none_or(|a| a.client.is_closed()) {
-            let (client, pid) = match connect_writer(&w.dsn, &self.name).await {
-                Ok(c) => c,
-                Err(e) => {
-                    // Too many connections, say: go on with one session.
-                    tracing::warn!(target_name = %self.name, error = %e, "could not open a second sink session; background flushes use one");
-                    w.alt = None;
-                    w.sessions = 1;
-                    self.next_session = 0;
-                    return Err(e);
-                }
-            };
-            w.alt = Some(AltSession {
-                client: Arc::new(client),
-                table: Arc::new(w.table.for_another_session()),
-                in_tx: false,
-                pid,
-            });
-        }
-        let fence = w.fence.clone();
-        let (client, table, in_tx) = w.session(s).expect("opened above");
-        if client.is_closed() {
-            return Err(SinkError::Restart {
-                target: self.name.clone(),
-                message: "the sink session is closed".to_owned(),
-            });
-        }
-        if *in_tx {
-            // Left by a flush cancelled mid-way.
-            roll_back(&client, &table, in_tx).await;
-        }
-        client
-            .batch_execute("BEGIN")
-            .await
-            .map_err(SinkError::pg(&self.name, "beginning the sink transaction"))?;
-        *in_tx = true;
-        table.transaction_ended();
-        let mut written = 0;
-        if self.inflight.is_empty() {
-            written = requests_pg(
-                &*client,
-                &self.dead,
-                &mut self.logic,
-                &mut self.source,
-                &self.source_dsn,
-                &table,
-                &batch.shape,
-                &self.name,
-            )
-            .await?;
-        }
-        let (held, dead) = hold_and_truncate(&*client, &self.dead, &table, &batch).await?;
-        let before = self.inflight.back_mut().and_then(|f| f.done.take());
-        let (done_tx, done_rx) = oneshot::channel();
-        let (name, rows) = (self.name.clone(), batch.clone());
-        let handle = tokio::spawn(async move {
-            let done: Result<u64, SinkError> = async {
-                let (go, _) = split_held(&rows, &held);
-                // Staged while the flush before applies; applied only once it committed.
-                let stage = table.stage(&*client, &rows.shape, &go).await?;
-                if let Some(before) = before
-                    && before.await != Ok(true)
-                {
-                    return Err(SinkError::Restart {
-                        target: name.clone(),
-                        message: "the flush before this one failed".to_owned(),
-                    });
-                }
-                let applied = table
-                    .apply_staged(&*client, &rows.shape, &go, stage)
-                    .await?;
-                fence.commit_offset(&*client, to).await?;
-                client
-                    .batch_execute("COMMIT")
-                    .await
-                    .map_err(SinkError::pg(&name, "committing the sink transaction"))?;
-                Ok(applied.upserted + applied.deleted)
-            }
-            .await;
-            done_tx.send(done.is_ok()).ok();
-            done.map_err(|e| (e, rows))
-        });
-        self.inflight.push_back(InFlight {
-            handle,
-            session: s,
-            done: Some(done_rx),
-            keys: batch.entries.len(),
-            changes: self.pending_changes,
-            to,
-            ack,
-            written,
-            dead,
-        });
-        self.next_session = (s + 1) % w.sessions;
-        self.pending = None;
-        self.pending_changes = 0;
-        self.covered = to;
-        Ok(())
-    }
-
-    /// Wait for every background flush (see [`Lane::settle_one`]).
-    pub(crate) async fn settle(&mut self) -> Result<LaneFlush, SinkError> {
-        let mut settled = LaneFlush::default();
-        while !self.inflight.is_empty() {
-            settled = settled.and(self.settle_one().await?);
-        }
-        Ok(settled)
-    }
-
-    /// Wait for the oldest background flush. Done: its offset is durable and its counts
-    /// are returned. Failed: its transaction and those of the flushes after it (which
-    /// never apply before it commits) are rolled back, and their batches are flushed again
-    /// the synchronous way, in order — retries, rejected rows isolated to dead letters.
-    async fn settle_one(&mut self) -> Result<LaneFlush, SinkError> {
-        let Some(f) = self.inflight.pop_front() else {
-            return Ok(LaneFlush::default());
-        };
-        let outcome = match f.handle.await {
-            Ok(r) => r,
-            Err(e) => {
-                // Its batch went with it: start over from the stored offset.
-                return Err(SinkError::Restart {
-                    target: self.name.clone(),
-                    message: format!("the background flush stopped: {e}"),
-                });
-            }
-        };
-        let Writer::Postgres(w) = &mut self.writer else {
-            unreachable!("only Postgres targets flush in the background");
-        };
-        let (client, table, in_tx) = w.session(f.session).expect("used by the flush");
-        let (e, batch) = match outcome {
-            Ok(n) => {
-                *in_tx = false;
-                table.transaction_ended();
-                self.stored = f.to;
-                self.ackable = self.ackable.max(f.ack);
-                self.last_commit = Instant::now();
-                self.last_keys = f.keys;
-                return Ok(LaneFlush {
-                    written: f.written + n,
-                    dead_letters: f.dead,
-                    ..LaneFlush::default()
-                });
-            }
-            Err(failed) => failed,
-        };
-        roll_back(&client, &table, in_tx).await;
-        if e.is_fenced() {
-            return Err(e);
-        }
-        tracing::warn!(target_name = %self.name, error = %e, "a background flush failed; flushing its batch again");
-        // The later ones fail too (they wait for this one): collect them, then redo all.
-        let mut redo = vec![(batch, f.changes, f.to, f.ack)];
-        while let Some(later) = self.inflight.pop_front() {
-            let Ok(Err((_, batch))) = later.handle.await else {
-                return Err(SinkError::Restart {
-                    target: self.name.clone(),
-                    message: "a background flush after a failed one did not stop".to_owned(),
-                });
-            };
-            if let Some((client, table, in_tx)) = w_session(&mut self.writer, later.session) {
-                roll_back(&client, &table, in_tx).await;
-            }
-            redo.push((batch, later.changes, later.to, later.ack));
-        }
-        self.next_session = 0;
-        // Each batch again with its own offset: `covered` ran ahead to the last one's.
-        self.covered = self.stored;
-        let newer = self.pending.take();
-        let newer_changes = self.pending_changes;
-        // The failed batch is retried below: a lock wait or timeout counts as contention.
-        let mut report = LaneFlush {
-            retries: u32::from(e.class() == Class::Transient),
-            contended: is_contention(&e),
-            ..LaneFlush::default()
-        };
-        for (batch, changes, to, ack) in redo {
-            self.pending = Some(Pending::Rows(batch));
-            self.pending_changes = changes;
-            match self.flush_now(to, ack).await {
-                Ok(r) => report = report.and(r),
-                Err(e) => {
-                    self.pending = newer;
-                    self.pending_changes = newer_changes;
-                    return Err(e);
-                }
-            }
-        }
-        self.pending = newer;
-        self.pending_changes = newer_changes;
-        Ok(report)
     }
 
     /// [`Lane::flush`] on the main session, with no background flush running.
@@ -790,10 +515,8 @@ impl Lane {
                     let delay = self.backoff.delay(attempt);
                     attempt += 1;
                     tracing::warn!(target_name = %self.name, error = %e, retry_in = ?delay, "transient sink error; retrying the batch");
-                    if is_contention(&e)
-                        && let Writer::Postgres(w) = &self.writer
-                    {
-                        w.end_frozen_predecessors(&self.name).await;
+                    if is_contention(&e) {
+                        self.writer.contended(&self.name).await;
                     }
                     tokio::time::sleep(delay).await;
                     self.reconnect_if_closed().await;
@@ -801,21 +524,6 @@ impl Lane {
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// Whether a replay transaction with earlier flushes in it is open.
-    fn replay_open(&self) -> bool {
-        matches!(&self.writer, Writer::Postgres(w) if w.replay_flushes > 0)
-    }
-
-    async fn abandon_replay(&mut self) {
-        if let Writer::Postgres(w) = &mut self.writer {
-            roll_back(&w.client, &w.table, &mut w.in_tx).await;
-            w.replay_flushes = 0;
-        }
-        self.covered = self.stored;
-        self.pending = None;
-        self.pending_changes = 0;
     }
 
     async fn reconnect_if_closed(&mut self) {
@@ -1112,28 +820,6 @@ impl Lane {
         }
         Ok((written, dead, durability))
     }
-
-    /// Rewind this lane's offset to `to` (a replay; never forward: a lane behind `to`
-    /// keeps its offset); the caller restarts the stream.
-    pub(crate) async fn rewind(&mut self, to: Offset) -> Result<(), SinkError> {
-        self.settle().await?;
-        let to = to.min(self.stored);
-        if self.replay_open() {
-            self.abandon_replay().await;
-        }
-        self.writer.rewind(&self.name, to).await?;
-        // Postgres applies the replay in one transaction until it reaches the old offset
-        // again; Redis's per-key guards need no such thing.
-        if self.writer.replays_in_one_transaction() && self.stored > to {
-            self.replay_until = Some(self.replay_until.unwrap_or(self.stored).max(self.stored));
-        }
-        self.pending = None;
-        self.pending_changes = 0;
-        self.stored = to;
-        self.covered = to;
-        self.ackable = acknowledgeable(to);
-        Ok(())
-    }
 }
 
 /// Whether a sink error comes from contention (deadlock, lock wait, statement timeout,
@@ -1142,15 +828,6 @@ fn is_contention(e: &SinkError) -> bool {
     e.code()
         .as_deref()
         .is_some_and(pgprism_pg::sqlstate::is_contention)
-}
-
-/// Roll back a session's open transaction; once it is gone, so are the rows its staging
-/// tables held.
-async fn roll_back(client: &Client, table: &PgTable, in_tx: &mut bool) {
-    if client.batch_execute("ROLLBACK").await.is_ok() {
-        *in_tx = false;
-        table.transaction_ended();
-    }
 }
 
 /// [`PgWriter::session`] of a Postgres writer.
@@ -1220,101 +897,6 @@ fn held_letters<'a>(hold: &[(&'a Key, &'a Entry)]) -> Vec<Letter<'a>> {
         .collect()
 }
 
-/// Write a batch inside the sink transaction: held keys to the dead letters, the
-/// truncate, the rows (bad rows isolated to dead letters). Returns (written, dead letters).
-async fn write_pg(
-    tx: &(impl GenericClient + Sync),
-    dead: &DeadLetters,
-    table: &PgTable,
-    batch: &Batch,
-) -> Result<(u64, u64), SinkError> {
-    let (held, n_held) = hold_and_truncate(tx, dead, table, batch).await?;
-    let (go, _) = split_held(batch, &held);
-    let (applied, failed) = isolate(tx, table, &batch.shape, &go).await?;
-    let letters: Vec<Letter<'_>> = failed
-        .iter()
-        .map(|((k, e), err)| Letter {
-            key: k,
-            entry: e,
-            status: Status::Failed,
-            code: err.code(),
-            error: err.detail(),
-        })
-        .collect();
-    dead.add(tx, &batch.shape, &letters).await?;
-    Ok((
-        applied.upserted + applied.deleted,
-        n_held + letters.len() as u64,
-    ))
-}
-
-/// What precedes a batch's rows in the sink transaction: keys held behind an earlier dead
-/// letter are recorded as held, and the target is emptied if the source was truncated.
-/// Returns the held keys (as [`key_json`]) and how many entries were held.
-async fn hold_and_truncate(
-    tx: &(impl GenericClient + Sync),
-    dead: &DeadLetters,
-    table: &PgTable,
-    batch: &Batch,
-) -> Result<(HashSet<String>, u64), SinkError> {
-    let keys: Vec<&Key> = batch.entries.keys().collect();
-    let held: HashSet<String> = dead.held(tx, &keys).await?.into_iter().collect();
-    let (_, hold) = split_held(batch, &held);
-    dead.add(tx, &batch.shape, &held_letters(&hold)).await?;
-    if batch.truncate.is_some() {
-        table.truncate(tx).await?;
-    }
-    Ok((held, hold.len() as u64))
-}
-
-/// Apply `entries` set-based; when the target rejects a row, bisect under savepoints
-/// until the rejected rows are alone, and return them with their errors.
-async fn isolate<'a>(
-    tx: &(impl GenericClient + Sync),
-    table: &PgTable,
-    shape: &Shape,
-    entries: &[(&'a Key, &'a Entry)],
-) -> Result<(Applied, Vec<((&'a Key, &'a Entry), SinkError)>), SinkError> {
-    let mut total = Applied::default();
-    let mut failed = Vec::new();
-    if entries.is_empty() {
-        return Ok((total, failed));
-    }
-    let mut work: Vec<&[(&Key, &Entry)]> = vec![entries];
-    let sp = |sql: &'static str| async move {
-        tx.batch_execute(sql)
-            .await
-            .map_err(SinkError::pg(&table_name(table), "managing a savepoint"))
-    };
-    while let Some(slice) = work.pop() {
-        sp("SAVEPOINT pgprism_apply").await?;
-        match table.apply(tx, shape, slice).await {
-            Ok(a) => {
-                sp("RELEASE SAVEPOINT pgprism_apply").await?;
-                total.upserted += a.upserted;
-                total.deleted += a.deleted;
-                total.missing += a.missing;
-            }
-            Err(e) if e.class() == Class::Row => {
-                sp("ROLLBACK TO SAVEPOINT pgprism_apply; RELEASE SAVEPOINT pgprism_apply").await?;
-                if let [one] = slice {
-                    failed.push(((one.0, one.1), e));
-                } else {
-                    let (a, b) = slice.split_at(slice.len() / 2);
-                    work.push(b);
-                    work.push(a);
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok((total, failed))
-}
-
-fn table_name(t: &PgTable) -> String {
-    t.quoted().to_owned()
-}
-
 /// Group requested dead letters by key, in order.
 fn by_key(rows: Vec<Stored>) -> BTreeMap<String, Vec<Stored>> {
     let mut map: BTreeMap<String, Vec<Stored>> = BTreeMap::new();
@@ -1322,162 +904,4 @@ fn by_key(rows: Vec<Stored>) -> BTreeMap<String, Vec<Stored>> {
         map.entry(r.key.clone()).or_default().push(r);
     }
     map
-}
-
-/// Rebuild the batch of one key's dead letters: its operations in order (mirror), or a
-/// recompute of the key (query).
-async fn retry_batch(
-    logic: &mut Logic,
-    source: Option<&Client>,
-    shape: &Arc<Shape>,
-    key: &Key,
-    letters: &[Stored],
-) -> Result<Retry, SinkError> {
-    let last = letters.last().map(|l| Position {
-        commit_lsn: l.commit_lsn.parse().unwrap_or_default(),
-        seq: l.seq as u64,
-    });
-    match logic {
-        Logic::Mirror(_) => {
-            let mut batch = Batch::new(shape.clone());
-            for l in letters {
-                let Some(op) = op_from_json(shape, &l.change) else {
-                    return Ok(Retry::Failed(
-                        None,
-                        "the change no longer fits the target's columns".to_owned(),
-                    ));
-                };
-                let entry = Entry {
-                    op,
-                    pos: Position {
-                        commit_lsn: l.commit_lsn.parse().unwrap_or_default(),
-                        seq: l.seq as u64,
-                    },
-                    origin: crate::batch::Origin {
-                        table: l
-                            .change
-                            .get("table")
-                            .and_then(|t| t.as_str())
-                            .unwrap_or("")
-                            .into(),
-                        op: "retry",
-                    },
-                };
-                batch.push(key.clone(), entry);
-            }
-            Ok(Retry::Apply(batch))
-        }
-        Logic::Query(q) => {
-            let Some(client) = source else {
-                return Err(SinkError::config(q.name(), "no source session for a retry"));
-            };
-            let keys = KeySet::single(key.clone(), last.unwrap_or_default());
-            let (batch, failed) = q.resolve(client, keys, Vec::new()).await?;
-            Ok(match failed.into_iter().next() {
-                None => Retry::Apply(batch),
-                Some((_, _, e)) => Retry::Failed(e.code(), e.detail()),
-            })
-        }
-    }
-}
-
-/// Carry out `pgprism dlq retry|discard` requests inside the sink transaction.
-#[allow(clippy::too_many_arguments)]
-async fn requests_pg(
-    tx: &(impl GenericClient + Sync),
-    dead: &DeadLetters,
-    logic: &mut Logic,
-    source: &mut Option<Client>,
-    source_dsn: &Dsn,
-    table: &PgTable,
-    shape: &Arc<Shape>,
-    name: &str,
-) -> Result<u64, SinkError> {
-    let mut written = 0;
-    for (key_text, letters) in by_key(dead.requested(tx).await?) {
-        let ids: Vec<i64> = letters.iter().map(|l| l.id).collect();
-        if letters
-            .iter()
-            .any(|l| l.action.as_deref() == Some("discard"))
-        {
-            dead.remove(tx, &ids).await?;
-            continue;
-        }
-        let Some(key) = key_from_json(&key_text) else {
-            dead.retry_failed(tx, &key_text, None, "unreadable key")
-                .await?;
-            continue;
-        };
-        if matches!(logic, Logic::Query(_)) && source.as_ref().is_none_or(Client::is_closed) {
-            *source = Some(connect(source_dsn, name).await?);
-        }
-        let batch = match retry_batch(logic, source.as_ref(), shape, &key, &letters).await? {
-            Retry::Apply(b) => b,
-            Retry::Failed(code, error) => {
-                dead.retry_failed(tx, &key_text, code.as_deref(), &error)
-                    .await?;
-                continue;
-            }
-        };
-        let entries: Vec<(&Key, &Entry)> = batch.entries.iter().collect();
-        let (applied, failed) = isolate(tx, table, &batch.shape, &entries).await?;
-        match failed.first() {
-            None => {
-                dead.remove(tx, &ids).await?;
-                written += applied.upserted + applied.deleted;
-            }
-            Some((_, e)) => {
-                dead.retry_failed(tx, &key_text, e.code().as_deref(), &e.detail())
-                    .await?
-            }
-        }
-    }
-    Ok(written)
-}
-
-/// Carry out `pgprism dlq retry|discard` requests for a Redis target.
-async fn requests_redis(
-    source: &Client,
-    dead: &DeadLetters,
-    logic: &mut Logic,
-    w: &mut RedisWriter,
-    shape: &Arc<Shape>,
-) -> Result<u64, SinkError> {
-    let mut written = 0;
-    for (key_text, letters) in by_key(dead.requested(source).await?) {
-        let ids: Vec<i64> = letters.iter().map(|l| l.id).collect();
-        if letters
-            .iter()
-            .any(|l| l.action.as_deref() == Some("discard"))
-        {
-            dead.remove(source, &ids).await?;
-            continue;
-        }
-        let Some(key) = key_from_json(&key_text) else {
-            dead.retry_failed(source, &key_text, None, "unreadable key")
-                .await?;
-            continue;
-        };
-        let batch = match retry_batch(logic, Some(source), shape, &key, &letters).await? {
-            Retry::Apply(b) => b,
-            Retry::Failed(code, error) => {
-                dead.retry_failed(source, &key_text, code.as_deref(), &error)
-                    .await?;
-                continue;
-            }
-        };
-        let entries: Vec<(&Key, &Entry)> = batch.entries.iter().collect();
-        let out = w.write(&batch, &entries).await?;
-        match out.failed.first() {
-            None => {
-                dead.remove(source, &ids).await?;
-                written += out.written;
-            }
-            Some((_, code, err)) => {
-                dead.retry_failed(source, &key_text, Some(code), err)
-                    .await?
-            }
-        }
-    }
-    Ok(written)
 }

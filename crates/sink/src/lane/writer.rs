@@ -3,22 +3,16 @@
 //! ([`RedisWriter`]); [`Writer`] is either.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use std::collections::HashSet;
-
-use pgprism_leader::{Offset, PgFence};
+use pgprism_leader::Offset;
 use pgprism_pg::Dsn;
 use tokio_postgres::Client;
 
-use super::{
-    Failure, Logic, failure_letters, held_letters, requests_pg, requests_redis, roll_back,
-    split_held, write_pg,
-};
-use crate::batch::{Batch, Entry, Key, Shape};
-use crate::dead_letter::{DeadLetters, Letter, Status};
+use super::pg::PgWriter;
+use super::{Failure, Logic};
+use crate::batch::{Batch, Key, Shape};
+use crate::dead_letter::DeadLetters;
 use crate::error::SinkError;
-use crate::postgres::PgTable;
 use crate::redis::RedisWriter;
 
 /// What a flush's write left behind.
@@ -74,6 +68,11 @@ pub(crate) trait TargetWriter {
     async fn rewind(&mut self, target: &str, to: Offset) -> Result<(), SinkError>;
     /// Every key the target holds, as `shape` names them.
     async fn existing_keys(&mut self, target: &str, shape: &Shape) -> Result<Vec<Key>, SinkError>;
+    /// Whether the target can take rows of `shape` (a source's columns changed).
+    fn check_shape(&self, shape: &Shape) -> Result<(), SinkError>;
+    /// A write waited too long for a lock: clear what may hold it (Postgres: a deposed
+    /// leader's session frozen in a transaction) before the retry.
+    async fn contended(&mut self, target: &str);
     /// Write one flush: the `pgprism dlq` requests waiting, the batch (rows the target
     /// rejects become dead letters), the failed recomputes' dead letters, then the fenced
     /// offset — all or nothing; (rows written, dead letters, durability).
@@ -84,323 +83,10 @@ pub(crate) trait TargetWriter {
     ) -> Result<(u64, u64, Durability), SinkError>;
 }
 
-/// A Postgres target's session, table and fence.
-pub(crate) struct PgWriter {
-    pub(crate) dsn: Dsn,
-    /// Shared with a background flush ([`InFlight`]); never used while one runs.
-    pub(crate) client: Arc<Client>,
-    pub(crate) table: Arc<PgTable>,
-    pub(crate) fence: PgFence,
-    /// Flushes applied in the open replay transaction (0: none open).
-    pub(crate) replay_flushes: u32,
-    /// A transaction is open on `client` (a flush cancelled mid-way leaves one behind).
-    pub(crate) in_tx: bool,
-    /// A second session for background flushes, opened on first use: one batch's rows are
-    /// copied into its staging table while the previous batch is applied on the other.
-    pub(crate) alt: Option<AltSession>,
-    /// Sessions background flushes take turns on (`batch.sessions`: 1 or 2).
-    pub(crate) sessions: usize,
-    /// The server process of `client`: never taken for a frozen predecessor's.
-    pub(crate) pid: i32,
-    /// How long a session may sit idle in a transaction holding the table's rows before
-    /// it is taken for a deposed leader's, frozen (`leader.takeover_after`).
-    pub(crate) takeover_after: Duration,
-}
-
-/// The second session of a Postgres target (see [`PgWriter::alt`]).
-pub(crate) struct AltSession {
-    pub(crate) client: Arc<Client>,
-    pub(crate) table: Arc<PgTable>,
-    pub(crate) in_tx: bool,
-    pub(crate) pid: i32,
-}
-
-impl PgWriter {
-    /// After a lock wait timed out: terminate a deposed leader's session frozen inside a
-    /// transaction on this table (see [`pgprism_leader::fence::terminate_frozen_writers`]),
-    /// on a session of its own (ours may be inside a failed transaction). Failing to is
-    /// logged; the retry then waits again.
-    pub(crate) async fn end_frozen_predecessors(&self, target: &str) {
-        let mut ours = vec![self.pid];
-        ours.extend(self.alt.as_ref().map(|a| a.pid));
-        let result = async {
-            let client = connect(&self.dsn, target).await?;
-            pgprism_leader::fence::terminate_frozen_writers(
-                &client,
-                self.dsn.session_name(),
-                self.table.quoted(),
-                &ours,
-                self.takeover_after,
-            )
-            .await
-            .map_err(SinkError::from)
-        }
-        .await;
-        if let Err(e) = result {
-            tracing::warn!(target_name = %target, error = %e, "could not look for a frozen predecessor's sink session");
-        }
-    }
-
-    /// Session 0 (the main one) or 1 (the second): client, table, open-transaction flag.
-    pub(crate) fn session(&mut self, s: usize) -> Option<(Arc<Client>, Arc<PgTable>, &mut bool)> {
-        match s {
-            0 => Some((self.client.clone(), self.table.clone(), &mut self.in_tx)),
-            _ => self
-                .alt
-                .as_mut()
-                .map(|a| (a.client.clone(), a.table.clone(), &mut a.in_tx)),
-        }
-    }
-}
-
 /// Where a lane writes.
 pub(crate) enum Writer {
     Postgres(Box<PgWriter>),
     Redis(Box<RedisWriter>),
-}
-
-impl TargetWriter for PgWriter {
-    fn replay_until(&self) -> Option<Offset> {
-        self.fence.replay_until()
-    }
-
-    fn replays_in_one_transaction(&self) -> bool {
-        true
-    }
-
-    async fn probe(&mut self) -> bool {
-        self.client.batch_execute("SELECT 1").await.is_ok()
-    }
-
-    async fn reconnect_if_closed(&mut self, target: &str) {
-        if !self.client.is_closed() {
-            return;
-        }
-        match connect_writer(&self.dsn, target).await {
-            Ok((c, pid)) => {
-                self.client = Arc::new(c);
-                self.pid = pid;
-                self.in_tx = false;
-                self.table.transaction_ended();
-            }
-            Err(e) => {
-                tracing::warn!(target_name = %target, error = %e, "reconnecting to the sink failed")
-            }
-        }
-    }
-
-    async fn rewind(&mut self, target: &str, to: Offset) -> Result<(), SinkError> {
-        let client = &*self.client;
-        client
-            .batch_execute("BEGIN")
-            .await
-            .map_err(SinkError::pg(target, "beginning the rewind"))?;
-        if let Err(e) = self.fence.rewind(client, to).await {
-            client.batch_execute("ROLLBACK").await.ok();
-            return Err(e.into());
-        }
-        client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(SinkError::pg(target, "committing the rewind"))
-    }
-
-    async fn apply(
-        &mut self,
-        lane: LaneParts<'_>,
-        work: Work<'_>,
-    ) -> Result<(u64, u64, Durability), SinkError> {
-        let PgWriter {
-            client,
-            table,
-            fence,
-            replay_flushes,
-            in_tx,
-            ..
-        } = self;
-        let name = lane.name;
-        if *replay_flushes == 0 {
-            // A flush cancelled mid-way (another lane failed) left its transaction.
-            let begin = if *in_tx { "ROLLBACK; BEGIN" } else { "BEGIN" };
-            client
-                .batch_execute(begin)
-                .await
-                .map_err(SinkError::pg(name, "beginning the sink transaction"))?;
-            table.transaction_ended();
-            *in_tx = true;
-        }
-        let client: &Client = client;
-        let result: Result<(u64, u64), SinkError> = async {
-            let (mut written, mut dead) = (0, 0);
-            if let Some(shape) = work.shape {
-                written += requests_pg(
-                    client,
-                    lane.dead,
-                    lane.logic,
-                    lane.source,
-                    lane.source_dsn,
-                    table,
-                    shape,
-                    name,
-                )
-                .await?;
-            }
-            if let Some(batch) = work.batch {
-                let (w, d) = write_pg(client, lane.dead, table, batch).await?;
-                written += w;
-                dead += d;
-                lane.dead
-                    .add(
-                        client,
-                        &batch.shape,
-                        &failure_letters(work.recompute_failed),
-                    )
-                    .await?;
-                dead += work.recompute_failed.len() as u64;
-            }
-            if !work.in_replay {
-                if let Some(state) = work.backfill_state {
-                    fence.set_backfill(client, Some(state)).await?;
-                }
-                fence.commit_offset(client, work.to).await?;
-                client
-                    .batch_execute("COMMIT")
-                    .await
-                    .map_err(SinkError::pg(name, "committing the sink transaction"))?;
-            }
-            Ok((written, dead))
-        }
-        .await;
-        match result {
-            Ok((written, dead)) if work.in_replay => {
-                *replay_flushes += 1;
-                Ok((written, dead, Durability::Accepted))
-            }
-            Ok((written, dead)) => {
-                *replay_flushes = 0;
-                *in_tx = false;
-                table.transaction_ended();
-                Ok((written, dead, Durability::Durable))
-            }
-            Err(e) => {
-                if *replay_flushes == 0 {
-                    roll_back(client, table, in_tx).await;
-                }
-                Err(e)
-            }
-        }
-    }
-
-    async fn existing_keys(&mut self, target: &str, shape: &Shape) -> Result<Vec<Key>, SinkError> {
-        let cols = shape
-            .key_names()
-            .map(|n| format!("{}::text", pgprism_pg::quote_ident(n)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let rows = self
-            .client
-            .query(&format!("SELECT {cols} FROM {}", self.table.quoted()), &[])
-            .await
-            .map_err(SinkError::pg(target, "listing the target's keys"))?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                (0..r.len())
-                    .map(|j| r.get::<_, Option<String>>(j).map(bytes::Bytes::from))
-                    .collect()
-            })
-            .collect())
-    }
-}
-
-impl TargetWriter for RedisWriter {
-    fn replay_until(&self) -> Option<Offset> {
-        None
-    }
-
-    fn replays_in_one_transaction(&self) -> bool {
-        false
-    }
-
-    async fn probe(&mut self) -> bool {
-        self.reconnect().await.is_ok() && self.ping().await.is_ok()
-    }
-
-    async fn reconnect_if_closed(&mut self, target: &str) {
-        if let Err(e) = self.reconnect().await {
-            tracing::warn!(target_name = %target, error = %e, "reconnecting to Redis failed");
-        }
-    }
-
-    async fn rewind(&mut self, _target: &str, to: Offset) -> Result<(), SinkError> {
-        RedisWriter::rewind(self, to).await
-    }
-
-    async fn existing_keys(&mut self, _target: &str, shape: &Shape) -> Result<Vec<Key>, SinkError> {
-        RedisWriter::existing_keys(self, shape).await
-    }
-
-    async fn apply(
-        &mut self,
-        lane: LaneParts<'_>,
-        work: Work<'_>,
-    ) -> Result<(u64, u64, Durability), SinkError> {
-        // Dead letters of a Redis target live in the source database.
-        let source = match lane.source {
-            Some(s) if !s.is_closed() => s,
-            _ => lane
-                .source
-                .insert(super::connect(lane.source_dsn, lane.name).await?),
-        };
-        let (mut written, mut dead) = (0, 0);
-        if let Some(shape) = work.shape {
-            written += requests_redis(source, lane.dead, lane.logic, self, shape).await?;
-        }
-        if let Some(batch) = work.batch {
-            let keys: Vec<&Key> = batch.entries.keys().collect();
-            let held: HashSet<String> = lane.dead.held(source, &keys).await?.into_iter().collect();
-            let (go, hold) = split_held(batch, &held);
-            lane.dead
-                .add(source, &batch.shape, &held_letters(&hold))
-                .await?;
-            dead += hold.len() as u64;
-            let out = self.write(batch, &go).await?;
-            written += out.written;
-            let failed: Vec<(Key, Entry, String, String)> = out
-                .failed
-                .into_iter()
-                .filter_map(|(k, code, err)| {
-                    let e = batch.entries.get(&k)?.clone();
-                    Some((k, e, code, err))
-                })
-                .collect();
-            let letters: Vec<Letter<'_>> = failed
-                .iter()
-                .map(|(k, e, code, err)| Letter {
-                    key: k,
-                    entry: e,
-                    status: Status::Failed,
-                    code: Some(code.clone()),
-                    error: err.clone(),
-                })
-                .collect();
-            lane.dead.add(source, &batch.shape, &letters).await?;
-            dead += letters.len() as u64;
-            lane.dead
-                .add(
-                    source,
-                    &batch.shape,
-                    &failure_letters(work.recompute_failed),
-                )
-                .await?;
-            dead += work.recompute_failed.len() as u64;
-        }
-        match work.backfill_state {
-            Some(state) => self.commit_backfill(work.to, state).await?,
-            None => self.commit(work.to).await?,
-        }
-        Ok((written, dead, Durability::Durable))
-    }
 }
 
 impl TargetWriter for Writer {
@@ -456,6 +142,20 @@ impl TargetWriter for Writer {
             Writer::Redis(w) => w.apply(lane, work).await,
         }
     }
+
+    fn check_shape(&self, shape: &Shape) -> Result<(), SinkError> {
+        match self {
+            Writer::Postgres(w) => w.check_shape(shape),
+            Writer::Redis(w) => w.check_shape(shape),
+        }
+    }
+
+    async fn contended(&mut self, target: &str) {
+        match self {
+            Writer::Postgres(w) => w.contended(target).await,
+            Writer::Redis(w) => w.contended(target).await,
+        }
+    }
 }
 
 /// Connect a SQL session (TLS as the DSN asks, the text formats pgprism reads and
@@ -497,7 +197,10 @@ mod tests {
 
     use super::*;
     use crate::batch::ShapeColumn;
+    use crate::lane::connect_writer;
+    use crate::postgres::PgTable;
     use crate::spec::TargetSpec;
+    use pgprism_leader::PgFence;
 
     fn shape() -> Shape {
         Shape {
