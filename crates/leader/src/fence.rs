@@ -56,22 +56,12 @@ const STAMP_LOCK_WAIT: Duration = Duration::from_millis(250);
 /// Terminate sessions that have sat idle inside a transaction touching the offsets table
 /// for `at_least`: a leader frozen between its fenced update and its commit.
 async fn terminate_idle_holders(client: &Client, at_least: Duration) -> Result<(), LeaderError> {
-    let rows = client
-        .query(
-            "SELECT a.pid, pg_terminate_backend(a.pid) FROM pg_stat_activity a
-              WHERE a.pid <> pg_backend_pid()
-                AND a.state IN ('idle in transaction', 'idle in transaction (aborted)')
-                AND a.state_change < clock_timestamp() - make_interval(secs => $1)
-                AND EXISTS (SELECT 1 FROM pg_locks l
-                             WHERE l.pid = a.pid AND l.relation = 'pgprism.offsets'::regclass)",
-            &[&at_least.as_secs_f64()],
-        )
+    let pids = terminate_idle_in_transaction(client, "pgprism.offsets", None, &[], at_least)
         .await
         .map_err(LeaderError::db(
             "terminating a frozen holder of the offset row",
         ))?;
-    for row in rows {
-        let pid: i32 = row.get(0);
+    for pid in pids {
         tracing::warn!(pid, "terminated a session frozen inside a sink transaction");
     }
     Ok(())
@@ -92,21 +82,9 @@ pub async fn terminate_frozen_writers(
     ours: &[i32],
     at_least: Duration,
 ) -> Result<Vec<i32>, LeaderError> {
-    let rows = client
-        .query(
-            "SELECT a.pid, pg_terminate_backend(a.pid) FROM pg_stat_activity a
-              WHERE a.pid <> pg_backend_pid() AND a.pid <> ALL($1::int4[])
-                AND a.datname = current_database()
-                AND a.application_name = $2
-                AND a.state IN ('idle in transaction', 'idle in transaction (aborted)')
-                AND a.state_change < clock_timestamp() - make_interval(secs => $3)
-                AND EXISTS (SELECT 1 FROM pg_locks l
-                             WHERE l.pid = a.pid AND l.relation = to_regclass($4))",
-            &[&ours, &application_name, &at_least.as_secs_f64(), &table],
-        )
+    let pids = terminate_idle_in_transaction(client, table, Some(application_name), ours, at_least)
         .await
         .map_err(LeaderError::db("terminating a frozen writer of the table"))?;
-    let pids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
     for pid in &pids {
         tracing::warn!(
             pid,
@@ -115,6 +93,32 @@ pub async fn terminate_frozen_writers(
         );
     }
     Ok(pids)
+}
+
+/// Terminate the sessions of this database (other than this one and `ours`, named
+/// `application_name` if given) that have sat idle inside a transaction for `at_least`
+/// holding a lock on `relation`; their pids.
+async fn terminate_idle_in_transaction(
+    client: &Client,
+    relation: &str,
+    application_name: Option<&str>,
+    ours: &[i32],
+    at_least: Duration,
+) -> Result<Vec<i32>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT a.pid, pg_terminate_backend(a.pid) FROM pg_stat_activity a
+              WHERE a.pid <> pg_backend_pid() AND a.pid <> ALL($1::int4[])
+                AND a.datname = current_database()
+                AND ($2::text IS NULL OR a.application_name = $2)
+                AND a.state IN ('idle in transaction', 'idle in transaction (aborted)')
+                AND a.state_change < clock_timestamp() - make_interval(secs => $3)
+                AND EXISTS (SELECT 1 FROM pg_locks l
+                             WHERE l.pid = a.pid AND l.relation = to_regclass($4))",
+            &[&ours, &application_name, &at_least.as_secs_f64(), &relation],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Whether an offset update may move the offset backwards.

@@ -55,9 +55,9 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
         cfg.sinks.len(),
         cfg.projections.len()
     ));
-    let dsn = cfg.source.dsn.clone();
+    let dsn = &cfg.source.dsn;
     let mut source_client = None;
-    match pgprism_pg::connect(&dsn).await {
+    match pgprism_pg::connect(dsn).await {
         Err(e) => f.problem(&format!(
             "cannot connect to the source at {} as {:?}: {}; fix: check source.dsn, that the server runs, and pg_hba.conf",
             dsn.target(),
@@ -66,7 +66,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
         )),
         Ok((client, _connection)) => {
             f.ok(&format!("source reachable at {} as {:?}", dsn.target(), dsn.user()));
-            source(&cfg, &dsn, &client, &mut f).await?;
+            source(&cfg, dsn, &client, &mut f).await?;
             source_client = Some(client);
         }
     }

@@ -92,10 +92,6 @@ impl Select {
     }
 }
 
-async fn connect(dsn: &Dsn) -> anyhow::Result<tokio_postgres::Client> {
-    crate::session::connect(dsn).await
-}
-
 /// Whether the database has pgprism's dead-letter table.
 async fn has_table(client: &tokio_postgres::Client) -> anyhow::Result<bool> {
     Ok(client
@@ -114,7 +110,7 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
             let (pipeline, places) = select.places()?;
             let mut letters = Vec::new();
             for dsn in &places {
-                let client = connect(dsn).await?;
+                let client = crate::session::connect(dsn).await?;
                 if has_table(&client).await? {
                     letters.extend(
                         dead_letter::list(&client, &pipeline, &select.selection())
@@ -161,7 +157,7 @@ async fn mark(select: &Select, action: Action) -> anyhow::Result<()> {
     let (pipeline, places) = select.places()?;
     let mut n = 0;
     for dsn in &places {
-        let client = connect(dsn).await?;
+        let client = crate::session::connect(dsn).await?;
         if has_table(&client).await? {
             n += dead_letter::request(&client, &pipeline, &select.selection(), action)
                 .await

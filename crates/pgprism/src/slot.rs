@@ -38,8 +38,7 @@ pub async fn run(args: SlotArgs) -> anyhow::Result<()> {
         .config
         .context("slot needs -c FILE (or PGPRISM_CONFIG)")?;
     let cfg = Config::load(&path, std::env::vars())?;
-    let dsn = cfg.source.dsn.clone();
-    let client = crate::session::connect(&dsn).await?;
+    let client = crate::session::connect(&cfg.source.dsn).await?;
     let slot = &cfg.source.slot;
     let publication = &cfg.source.publication;
     let exists = |sql: &'static str, name: String| {

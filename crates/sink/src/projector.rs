@@ -477,36 +477,23 @@ async fn pg_writer(
         initial,
     )
     .await?;
+    let writer = PgWriter {
+        dsn,
+        client: Arc::new(client),
+        table: Arc::new(table),
+        fence,
+        replay_flushes: 0,
+        in_tx: false,
+        alt: None,
+        sessions: cfg.batch.sessions,
+        pid,
+        takeover_after: cfg.takeover_after,
+    };
     // Our epoch owns the target now: a predecessor's session still inside a transaction
     // on its table, idle that long, is frozen — its locks would hold our first writes
-    // until it wakes. Failing to end it (no right to) is not fatal: a lock wait then
-    // says so, and the retry tries again.
-    if let Err(e) = pgprism_leader::fence::terminate_frozen_writers(
-        &client,
-        dsn.session_name(),
-        table.quoted(),
-        &[pid],
-        cfg.takeover_after,
-    )
-    .await
-    {
-        tracing::warn!(target_name = %target, error = %e, "could not end a frozen predecessor's sink session");
-    }
-    Ok((
-        PgWriter {
-            dsn,
-            client: Arc::new(client),
-            table: Arc::new(table),
-            fence,
-            replay_flushes: 0,
-            in_tx: false,
-            alt: None,
-            sessions: cfg.batch.sessions,
-            pid,
-            takeover_after: cfg.takeover_after,
-        },
-        stored,
-    ))
+    // until it wakes.
+    writer.end_frozen_predecessors(target).await;
+    Ok((writer, stored))
 }
 
 /// A target's backfill from its stored state: the tables to scan and their size.

@@ -47,17 +47,24 @@ pub(crate) struct AltSession {
 }
 
 impl PgWriter {
-    /// After a lock wait timed out: terminate a deposed leader's session frozen inside a
-    /// transaction on this table (see [`pgprism_leader::fence::terminate_frozen_writers`]),
-    /// on a session of its own (ours may be inside a failed transaction). Failing to is
-    /// logged; the retry then waits again.
+    /// Terminate a deposed leader's session frozen inside a transaction on this table (see
+    /// [`pgprism_leader::fence::terminate_frozen_writers`]): when this writer starts, and
+    /// after a lock wait timed out. On the main session, unless a transaction (a replay's)
+    /// is open on it: then on a session of its own. Failing to (no right to) is logged;
+    /// a lock wait then says so, and the retry tries again.
     pub(crate) async fn end_frozen_predecessors(&self, target: &str) {
         let mut ours = vec![self.pid];
         ours.extend(self.alt.as_ref().map(|a| a.pid));
         let result = async {
-            let client = connect(&self.dsn, target).await?;
+            let own;
+            let client = if self.in_tx {
+                own = connect(&self.dsn, target).await?;
+                &own
+            } else {
+                &*self.client
+            };
             pgprism_leader::fence::terminate_frozen_writers(
-                &client,
+                client,
                 self.dsn.session_name(),
                 self.table.quoted(),
                 &ours,
