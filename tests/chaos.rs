@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Env, Log, PATIENCE, eventually, pgprism, start_run};
+use common::{CUT_OFF, Env, Log, PATIENCE, eventually, pgprism, sessions_gone, start_run};
 use pgprism_decoder::Lsn;
 use pgprism_leader::{Offset, PgFence, RedisFence};
 use pgprism_testkit::shop::{MODEL, ORDER_COLUMNS, TRUTH, assert_same};
@@ -39,8 +39,6 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(30);
 /// The application waits while the slot is this far behind: on a slow machine the
 /// projector, restarted over and over, must still catch up within `PATIENCE` at the end.
 const MAX_BACKLOG: i64 = 1 << 20;
-/// What Postgres logs when a client vanishes inside a transaction.
-const CUT_OFF: &str = "unexpected EOF on client connection with an open transaction";
 
 /// Every target, as `(name, sink kind)`; names are `projection.sink`.
 const TARGETS: [(&str, Kind); 4] = [
@@ -79,25 +77,6 @@ const PRODUCT_COLUMNS: [&str; 3] = ["id", "name", "price_cents"];
 /// The ground truth as text, in the form the pipeline writes (session TimeZone UTC).
 const PRODUCTS: &str = "SELECT id::text, name, price_cents::text FROM public.products";
 const MIRRORED: &str = "SELECT id::text, name, price_cents::text FROM read.products";
-
-/// Wait until no session of a dead `pgprism run` is left on the server (all of them, and
-/// only they, carry a `pgprism` application name): the server logs a cut-off transaction
-/// as its backend notices, which may be only once a long statement ends.
-async fn sessions_gone(sql: &Client, log: &Log, when: &str) {
-    let what = || format!("{when}: sessions of the dead pgprism run still open");
-    eventually(log, SAMPLE_EVERY, what, async || {
-        let open: i64 = sql
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgprism%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (open == 0).then_some(())
-    })
-    .await;
-}
 
 /// One `pgprism run` process, SIGKILLed when dropped.
 struct Life {

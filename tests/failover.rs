@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Env, Log, eventually, start_run};
+use common::{CUT_OFF, Env, Log, eventually, sessions_gone, start_run};
 use pgprism_decoder::Lsn;
 use pgprism_testkit::{ChildGuard, pause, resume};
 use rand::rngs::StdRng;
@@ -180,6 +180,16 @@ fn role(text: &str) -> Option<Option<i64>> {
     .iter()
     .any(|w| text.contains(w))
     .then_some(None)
+}
+
+/// How `replica`'s `leading` line for `epoch` says the lock became free (its `via=`).
+fn succession(log: &Log, replica: &str, epoch: i64) -> String {
+    log.of(replica)
+        .iter()
+        .find(|l| role(&l.text) == Some(Some(epoch)))
+        .and_then(|l| l.text.split(" via=").nth(1)?.split_whitespace().next())
+        .unwrap_or("(no via= in its leading line)")
+        .to_owned()
 }
 
 /// Who believes it leads, replayed from the role lines in the order they were read;
@@ -506,7 +516,7 @@ fn seeded_rng() -> StdRng {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_replicas_never_two_leaders_and_kill_9_takeover_is_fast() {
+async fn three_replicas_never_two_leaders_and_a_kill_9_frees_the_lock() {
     // Default election settings: this measures what a deployment gets.
     let setup = Setup::new("", false).await;
     let (began, env, config, sql, log) = (
@@ -526,7 +536,7 @@ async fn three_replicas_never_two_leaders_and_kill_9_takeover_is_fast() {
     audit_offsets(env, log).await;
     // The application starts once the first leader has loaded the (empty) table.
     let app = setup.start_ticking(Duration::from_millis(5)).await;
-    let mut takeovers = Vec::new();
+    let (mut takeovers, mut paths) = (Vec::new(), Vec::new());
     for _ in 0..20 {
         // Kill it while it writes, sampling the invariant until then.
         let what = || format!("{leader} never committed an offset");
@@ -548,6 +558,7 @@ async fn three_replicas_never_two_leaders_and_kill_9_takeover_is_fast() {
         let (next, next_epoch, at) = next_leader(&mut beliefs, log, sql).await;
         assert!(next_epoch > epoch, "epoch {next_epoch} after {epoch}");
         takeovers.push(at.saturating_duration_since(killed_at));
+        paths.push(succession(log, &next, next_epoch));
         replicas.push(Replica::start(config, &names.next().unwrap(), None, log));
         (leader, epoch) = (next, next_epoch);
     }
@@ -572,9 +583,15 @@ async fn three_replicas_never_two_leaders_and_kill_9_takeover_is_fast() {
         takeovers.len(),
         began.elapsed()
     );
-    // The killed leader's session dies with it, so the lock is free at once: far below
-    // `takeover_after` (5 s), the bound for a leader that freezes instead.
-    assert!(max < Duration::from_secs(5), "takeovers: {takeovers:?}");
+    // The killed leader's session dies with it, so the lock is free at once: every standby
+    // took it with the dead leader's heartbeat younger than `takeover_after`, and none had
+    // to wait the heartbeat out and terminate anyone (how long it took is the bench's
+    // business: benches/takeover.rs).
+    assert!(
+        paths.iter().all(|p| p == "lock-released"),
+        "not every takeover took the lock its dead holder released: {paths:?}\n{}",
+        log.tail()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -781,6 +798,11 @@ async fn frozen_inside_a_sink_transaction(failpoints: &str, b_says: &str, wakes:
     );
 }
 
+/// 100 lives of `pgprism run`, each killed with SIGKILL: a fifth right after it says it
+/// leads (in the middle of taking the slot over and stamping), the others at a random
+/// moment once they have committed a batch of their own — observed through the audit
+/// trigger, so the mix does not depend on how fast the machine is. After every death the
+/// durable rows and offset are exactly those of the last offset write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_and_offsets_commit_together_across_100_kill_9s() {
     let setup = Setup::new(FAST, false).await;
@@ -794,28 +816,29 @@ async fn rows_and_offsets_commit_together_across_100_kill_9s() {
     let mut rng = seeded_rng();
     let mut app = None;
     let mut last = Lsn::ZERO;
-    let mut lives_that_wrote = 0;
+    let mut tally = KillTally::default();
     for i in 0..100 {
         let name = format!("c{i}");
         let replica = Replica::start(config, &name, None, log);
-        wait_role(log, &name, began, true).await;
+        let (epoch, _) = wait_role(log, &name, began, true).await;
+        let epoch = epoch.unwrap();
         if app.is_none() {
             // Once the first leader has loaded the (empty) table.
             audit_offsets(env, log).await;
             app = Some(setup.start_ticking(Duration::from_millis(2)).await);
         }
-        // A fifth die while starting (slot takeover, stamping); the rest while streaming.
-        if !rng.random_bool(0.2) {
-            let what = || format!("{name} never streamed");
+        let early = rng.random_bool(0.2);
+        if !early {
+            // A batch of its own committed, then a random moment of its streaming: inside
+            // a flush or between two.
+            let what = || format!("{name} (epoch {epoch}) never committed an offset");
             eventually(log, Duration::from_millis(5), what, async || {
-                log.of(&name)
-                    .iter()
-                    .any(|l| l.text.contains(" streaming "))
-                    .then_some(())
+                committed_in(sql, epoch).await.then_some(())
             })
             .await;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
         }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+        let cut_before = env.pg.log_contents().matches(CUT_OFF).count();
         replica.kill(log);
 
         // What survived is exactly what the last offset write committed: rows and offset
@@ -834,7 +857,11 @@ async fn rows_and_offsets_commit_together_across_100_kill_9s() {
             offset >= last,
             "crash {i}: the offset went back from {last} to {offset}"
         );
-        lives_that_wrote += usize::from(offset > last);
+        let wrote = committed_in(sql, epoch).await;
+        // The server logs a transaction the kill cut off once the dead sessions are gone.
+        sessions_gone(sql, log, &format!("after crash {i}")).await;
+        let cut = env.pg.log_contents().matches(CUT_OFF).count() > cut_before;
+        tally.count(early, wrote, cut);
         last = offset;
     }
     let written = setup.stop_ticking(app.unwrap()).await;
@@ -843,16 +870,42 @@ async fn rows_and_offsets_commit_together_across_100_kill_9s() {
     replica.stop(log);
     let logged = offset_log(sql).await;
     check_offset_log(&logged, log);
-    // Crash points in the middle of writing are the ones that matter; a loaded machine
-    // makes fewer of them (slower startup), but not this few.
-    assert!(
-        lives_that_wrote >= 30,
-        "only {lives_that_wrote} of 100 lives committed a batch"
-    );
     eprintln!(
-        "100 kill -9s of pgprism run: {lives_that_wrote} lives moved the offset, {} offset \
-         writes audited, {written} ticks; test took {:?}",
+        "100 kill -9s of pgprism run: {tally:?}; {} offset writes audited, {written} ticks; \
+         test took {:?}",
         logged.len(),
         began.elapsed()
     );
+    // Deaths in the middle of a sink transaction are the ones that matter: if none landed
+    // there, this run proved little (flushes got much shorter, or kills much earlier).
+    // Deaths at the start (stamping, taking the slot) matter too.
+    assert!(
+        tally.cut_a_flush > 0 && tally.before_a_commit > 0,
+        "the kills did not land where it hurts: {tally:?}"
+    );
+}
+
+/// Where the 100 kills landed, by what each life had done.
+#[derive(Debug, Default)]
+struct KillTally {
+    /// Killed right after it said it leads.
+    early: usize,
+    /// Killed before committing a batch of its own (early ones, mostly).
+    before_a_commit: usize,
+    /// Killed after committing a batch of its own.
+    after_a_commit: usize,
+    /// Killed while streaming with a sink transaction open (the server logged it cut off).
+    cut_a_flush: usize,
+    /// Killed at the start with a transaction open (stamping its epoch).
+    cut_at_start: usize,
+}
+
+impl KillTally {
+    fn count(&mut self, early: bool, wrote: bool, cut: bool) {
+        self.early += usize::from(early);
+        self.before_a_commit += usize::from(!wrote);
+        self.after_a_commit += usize::from(wrote);
+        self.cut_a_flush += usize::from(cut && !early);
+        self.cut_at_start += usize::from(cut && early);
+    }
 }

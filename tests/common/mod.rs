@@ -235,6 +235,28 @@ pub fn stop(child: &mut ChildGuard, who: &str, log: &Log) {
     );
 }
 
+/// What Postgres logs when a client vanishes inside a transaction.
+pub const CUT_OFF: &str = "unexpected EOF on client connection with an open transaction";
+
+/// Wait until no session of a dead `pgprism run` is left on the server (all of them, and
+/// only they, carry a `pgprism` application name): the server logs a cut-off transaction
+/// ([`CUT_OFF`]) as its backend notices, which may be only once a long statement ends.
+pub async fn sessions_gone(sql: &tokio_postgres::Client, log: &Log, when: &str) {
+    let what = || format!("{when}: sessions of the dead pgprism run still open");
+    eventually(log, Duration::from_millis(30), what, async || {
+        let open: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgprism%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (open == 0).then_some(())
+    })
+    .await;
+}
+
 /// A database with the example shop on a real Postgres, and a Redis.
 pub struct Env {
     pub pg: PgServer,

@@ -84,14 +84,59 @@ pub struct Election {
 #[derive(Debug)]
 pub struct Leadership {
     epoch: Epoch,
+    succession: Succession,
     lost: watch::Receiver<bool>,
     heartbeat: tokio::task::JoinHandle<()>,
+}
+
+/// How a leader came to lead: which way the lock became free, and whom it followed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Succession {
+    /// The way the lock became free.
+    pub via: Via,
+    /// The replica that led before, as `pgprism.pipelines` named it (`None` for the first).
+    pub previous: Option<String>,
+    /// How old the previous leader's last heartbeat was when the lock was taken.
+    pub previous_heartbeat_age: Option<Duration>,
+}
+
+/// The way the lock became free for a new leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The pipeline never had a leader.
+    First,
+    /// The previous leader's session ended by itself (a clean stop, a dead process, a lost
+    /// connection) while its heartbeat was younger than `takeover_after`: no standby can
+    /// have terminated it, as one does that only to an older heartbeat.
+    Released,
+    /// This replica terminated a leader whose heartbeat was older than `takeover_after`.
+    Replaced,
+    /// The previous heartbeat was older than `takeover_after` and this replica terminated
+    /// nobody: that leader had stopped long before, or another standby terminated it.
+    AfterSilence,
+}
+
+impl Via {
+    /// The word in the `leading` log line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::First => "first",
+            Via::Released => "lock-released",
+            Via::Replaced => "stale-leader-replaced",
+            Via::AfterSilence => "after-silence",
+        }
+    }
 }
 
 impl Leadership {
     /// This leader's epoch: stamp it on every sink and pass it to every fenced commit.
     pub fn epoch(&self) -> Epoch {
         self.epoch
+    }
+
+    /// How this replica came to lead.
+    pub fn succession(&self) -> &Succession {
+        &self.succession
     }
 
     /// Whether leadership is known lost (session ended, epoch superseded).
@@ -133,6 +178,8 @@ impl Election {
     ) -> Result<Option<Leadership>, LeaderError> {
         let key = self.cfg.key();
         let mut standby: Option<Session> = None;
+        // Whether this replica terminated a stale leader during this campaign.
+        let mut replaced = false;
         loop {
             if *shutdown.borrow() {
                 return Ok(None);
@@ -142,7 +189,7 @@ impl Election {
                 _ => self.connect(key).await,
             };
             let attempt = match session {
-                Ok(session) => self.try_lead(session, key).await,
+                Ok(session) => self.try_lead(session, key, &mut replaced).await,
                 Err(e) => Err(e),
             };
             match attempt {
@@ -169,7 +216,7 @@ impl Election {
                 // next poll. Stopping drops the session, and any lock it got with it.
                 Some(session) => tokio::select! {
                     () = stop_requested => {}
-                    attempt = self.wait_for_lock(session, key) => match attempt {
+                    attempt = self.wait_for_lock(session, key, &mut replaced) => match attempt {
                         Ok(Attempt::Lead(leadership)) => return Ok(Some(leadership)),
                         Ok(Attempt::Standby(session)) => standby = Some(session),
                         Err(e) => {
@@ -187,7 +234,12 @@ impl Election {
 
     /// Wait up to one retry interval for the lock; then lead, or check for a stuck leader
     /// and stay a standby.
-    async fn wait_for_lock(&self, session: Session, key: i64) -> Result<Attempt, LeaderError> {
+    async fn wait_for_lock(
+        &self,
+        session: Session,
+        key: i64,
+        replaced: &mut bool,
+    ) -> Result<Attempt, LeaderError> {
         let client = &session.client;
         let wait_ms = self.cfg.retry_interval.as_millis().max(1);
         client
@@ -202,9 +254,9 @@ impl Election {
             .await
             .map_err(LeaderError::db("waiting for the leader lock"))?;
         match got {
-            Ok(_) => self.lead_with(session).await,
+            Ok(_) => self.lead_with(session, *replaced).await,
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
-                self.replace_stuck_leader(client, key).await?;
+                *replaced |= self.replace_stuck_leader(client, key).await?;
                 Ok(Attempt::Standby(session))
             }
             Err(e) => Err(LeaderError::db("waiting for the leader lock")(e)),
@@ -223,7 +275,12 @@ impl Election {
     }
 
     /// One attempt on `session`: lead, or replace a stuck leader and stay a standby.
-    async fn try_lead(&self, session: Session, key: i64) -> Result<Attempt, LeaderError> {
+    async fn try_lead(
+        &self,
+        session: Session,
+        key: i64,
+        replaced: &mut bool,
+    ) -> Result<Attempt, LeaderError> {
         let client = &session.client;
         let locked: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
@@ -231,31 +288,60 @@ impl Election {
             .map_err(LeaderError::db("trying the leader lock"))?
             .get(0);
         if !locked {
-            self.replace_stuck_leader(client, key).await?;
+            *replaced |= self.replace_stuck_leader(client, key).await?;
             return Ok(Attempt::Standby(session));
         }
-        self.lead_with(session).await
+        self.lead_with(session, *replaced).await
     }
 
-    /// We hold the lock on `session`: take a new epoch and start the heartbeat.
-    async fn lead_with(&self, session: Session) -> Result<Attempt, LeaderError> {
+    /// We hold the lock on `session`: take a new epoch and start the heartbeat. `replaced`:
+    /// this replica terminated a stale leader while campaigning.
+    async fn lead_with(&self, session: Session, replaced: bool) -> Result<Attempt, LeaderError> {
         let client = &session.client;
-        let epoch = Epoch(
-            client
-                .query_one(
-                    "INSERT INTO pgprism.pipelines AS p (name, epoch, leader, leader_pid, heartbeat_at)
-                     VALUES ($1, 1, $2, pg_backend_pid(), clock_timestamp())
-                     ON CONFLICT (name) DO UPDATE
-                        SET epoch = p.epoch + 1, leader = EXCLUDED.leader,
-                            leader_pid = EXCLUDED.leader_pid, heartbeat_at = EXCLUDED.heartbeat_at
-                     RETURNING epoch",
-                    &[&self.cfg.pipeline, &self.cfg.replica_id],
-                )
-                .await
-                .map_err(LeaderError::db("allocating an epoch"))?
-                .get(0),
+        // The row as the previous leader left it, read in the same statement (we hold the
+        // lock: nobody else writes it but `pgprism replay`, which leaves the heartbeat).
+        let row = client
+            .query_one(
+                "WITH prev AS (
+                     SELECT leader, extract(epoch FROM clock_timestamp() - heartbeat_at)::float8 AS age
+                       FROM pgprism.pipelines WHERE name = $1)
+                 INSERT INTO pgprism.pipelines AS p (name, epoch, leader, leader_pid, heartbeat_at)
+                 VALUES ($1, 1, $2, pg_backend_pid(), clock_timestamp())
+                 ON CONFLICT (name) DO UPDATE
+                    SET epoch = p.epoch + 1, leader = EXCLUDED.leader,
+                        leader_pid = EXCLUDED.leader_pid, heartbeat_at = EXCLUDED.heartbeat_at
+                 RETURNING epoch, (SELECT leader FROM prev), (SELECT age FROM prev)",
+                &[&self.cfg.pipeline, &self.cfg.replica_id],
+            )
+            .await
+            .map_err(LeaderError::db("allocating an epoch"))?;
+        let epoch = Epoch(row.get(0));
+        let previous: Option<String> = row.get(1);
+        let age = row
+            .get::<_, Option<f64>>(2)
+            .map(|s| Duration::from_secs_f64(s.max(0.0)));
+        // A stale leader is terminated only once its heartbeat is `takeover_after` old, and
+        // it cannot get younger after that: a younger one means its session ended by itself.
+        let via = match age {
+            _ if replaced => Via::Replaced,
+            None => Via::First,
+            Some(a) if a < self.cfg.takeover_after => Via::Released,
+            Some(_) => Via::AfterSilence,
+        };
+        let succession = Succession {
+            via,
+            previous,
+            previous_heartbeat_age: age,
+        };
+        tracing::info!(
+            pipeline = %self.cfg.pipeline,
+            epoch = epoch.0,
+            replica = %self.cfg.replica_id,
+            via = %succession.via.as_str(),
+            previous = %succession.previous.as_deref().unwrap_or("-"),
+            previous_heartbeat_age_ms = age.map_or(-1, |a| a.as_millis() as i64),
+            "leading"
         );
-        tracing::info!(pipeline = %self.cfg.pipeline, epoch = epoch.0, replica = %self.cfg.replica_id, "leading");
         let (lost_tx, lost_rx) = watch::channel(false);
         // The session is the lock: when it ends, leadership ends.
         let heartbeat = tokio::spawn(heartbeat(
@@ -267,6 +353,7 @@ impl Election {
         ));
         Ok(Attempt::Lead(Leadership {
             epoch,
+            succession,
             lost: lost_rx,
             heartbeat,
         }))
@@ -315,11 +402,12 @@ impl Election {
 
     /// If the leader's heartbeat is older than `takeover_after`, terminate the backend
     /// holding the lock; the next attempt (ours or another standby's) then gets it.
+    /// Whether a backend was terminated.
     ///
     /// One statement checks the heartbeat and terminates only the recorded leader's
     /// backend, and only while it holds the lock: a standby that took the lock a moment
     /// ago (and has not yet recorded itself) is never the one terminated.
-    async fn replace_stuck_leader(&self, client: &Client, key: i64) -> Result<(), LeaderError> {
+    async fn replace_stuck_leader(&self, client: &Client, key: i64) -> Result<bool, LeaderError> {
         // A bigint advisory lock shows in pg_locks as classid = high 32 bits,
         // objid = low 32 bits, objsubid = 1.
         let hi = (key >> 32) & 0xFFFF_FFFF;
@@ -340,14 +428,14 @@ impl Election {
             )
             .await
             .map_err(LeaderError::db("terminating a stuck leader"))?;
-        for row in killed {
+        for row in &killed {
             let leader: Option<String> = row.get(0);
             let pid: i32 = row.get(1);
             let age: f64 = row.get(2);
             tracing::warn!(pipeline = %self.cfg.pipeline, leader = ?leader, pid,
                 heartbeat_age_s = age, "leader heartbeat stale; terminated its session");
         }
-        Ok(())
+        Ok(!killed.is_empty())
     }
 }
 

@@ -3,13 +3,17 @@
 use std::time::{Duration, Instant};
 
 use pgprism_decoder::Lsn;
-use pgprism_leader::{Election, Epoch, LeaderConfig, LeaderError, Leadership, Offset, PgFence};
+use pgprism_leader::{
+    Election, Epoch, LeaderConfig, LeaderError, Leadership, Offset, PgFence, Via,
+};
 use pgprism_pg::Dsn;
 use pgprism_testkit::PgServer;
 use tokio::sync::watch;
 
 /// The takeover delay of these tests.
 const TAKEOVER: Duration = Duration::from_secs(1);
+/// How long a step may take on a loaded machine before a test gives up.
+const PATIENCE: Duration = Duration::from_secs(30);
 
 fn fast(pipeline: &str, replica: &str) -> LeaderConfig {
     let mut cfg = LeaderConfig::new(pipeline, replica);
@@ -69,17 +73,24 @@ async fn one_of_three_leads_and_a_standby_takes_over_on_release() {
     assert_eq!(first.epoch(), Epoch(1));
     let released = Instant::now();
     first.release().await;
-    let (winner, took) = loop {
+    let winner = loop {
         if let Some(i) = (0..tasks.len()).find(|&i| tasks[i].1.is_finished()) {
-            break (i, released.elapsed());
+            break i;
         }
-        assert!(released.elapsed() < Duration::from_secs(5), "no takeover");
+        assert!(released.elapsed() < PATIENCE, "no takeover");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let (_, handle) = tasks.remove(winner);
     let second = handle.await.unwrap().unwrap().expect("leadership");
     assert_eq!(second.epoch(), Epoch(2), "a new leader gets a new epoch");
-    assert!(took < Duration::from_secs(2), "takeover took {took:?}");
+    // The released lock was taken as such: the heartbeat younger than the takeover delay,
+    // nobody terminated (the way a frozen leader is replaced).
+    let succession = second.succession();
+    assert_eq!(succession.via, Via::Released, "{succession:?}");
+    assert_eq!(
+        succession.previous.as_deref(),
+        Some(format!("replica-{leader_idx}").as_str())
+    );
     for (stop, h) in tasks {
         stop.send_replace(true);
         assert!(h.await.unwrap().unwrap().is_none());
@@ -108,7 +119,7 @@ async fn a_frozen_leader_is_replaced_and_learns_it_lost() {
     };
     let frozen_at = heartbeat().await;
     let (_s2, b) = campaign(fast("orders", "standby"), &dsn);
-    let b = tokio::time::timeout(Duration::from_secs(10), b)
+    let b = tokio::time::timeout(PATIENCE, b)
         .await
         .expect("standby never took over")
         .unwrap()
@@ -120,7 +131,8 @@ async fn a_frozen_leader_is_replaced_and_learns_it_lost() {
         "took over {stale_for:.3} s after the frozen leader's last heartbeat, before it was stale"
     );
     assert_eq!(b.epoch(), Epoch(2));
-    tokio::time::timeout(Duration::from_secs(5), a.lost())
+    assert_eq!(b.succession().via, Via::Replaced, "{:?}", b.succession());
+    tokio::time::timeout(PATIENCE, a.lost())
         .await
         .expect("the replaced leader was not told it lost");
     assert!(a.is_lost());

@@ -50,13 +50,17 @@ async fn a_slot_held_by_a_frozen_walsender_is_taken_over_after_the_delay() {
 
     let client = pg.client(&db).await.unwrap();
     let started = Instant::now();
-    let state = take_over(
-        &client,
-        "s",
-        Duration::from_secs(1),
-        Duration::from_millis(50),
+    let state = tokio::time::timeout(
+        Duration::from_secs(30),
+        take_over(
+            &client,
+            "s",
+            Duration::from_secs(1),
+            Duration::from_millis(50),
+        ),
     )
     .await
+    .expect("the frozen walsender was never terminated")
     .unwrap()
     .expect("the slot exists");
     let took = started.elapsed();
@@ -64,7 +68,6 @@ async fn a_slot_held_by_a_frozen_walsender_is_taken_over_after_the_delay() {
         took >= Duration::from_secs(1),
         "terminated the holder before the delay: {took:?}"
     );
-    assert!(took < Duration::from_secs(5), "takeover took {took:?}");
     assert_eq!(
         active_pid(&pg, &db),
         "-",

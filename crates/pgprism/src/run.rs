@@ -105,7 +105,6 @@ pub async fn run(cfg: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()>
         };
         health.ready.store(false, Ordering::Relaxed);
         let epoch = leadership.epoch();
-        tracing::info!(pipeline = %cfg.pipeline, epoch = epoch.0, "leading");
         metrics::gauge!("pgprism_is_leader").set(1.0);
         metrics::gauge!("pgprism_epoch").set(epoch.0 as f64);
         let outcome = lead(&cfg, &dsn, &mut leadership, stop.clone(), &health).await;
@@ -166,6 +165,8 @@ async fn lead(
 ) -> Outcome {
     let epoch = leadership.epoch();
     let pcfg = cfg.projector(epoch);
+    // Each step of taking over, timed: what a new leader waits on before it streams.
+    let mut took = Steps::default();
     let setup = async {
         let client = crate::session::connect(&dsn.named("pgprism slot")).await?;
         slot::take_over(
@@ -178,7 +179,9 @@ async fn lead(
         .await
         .context("taking the slot over")?;
         drop(client);
+        took.step("slot_ms");
         let projector = Projector::start(&pcfg).await?;
+        took.step("targets_ms");
         let mut scfg = StreamConfig::new(dsn.clone(), &cfg.source.slot, &cfg.source.publication);
         scfg.start_lsn = projector.resume_lsn();
         scfg.application_name = format!("pgprism {}", cfg.pipeline);
@@ -188,6 +191,7 @@ async fn lead(
             scfg.create_publication_for = Some(cfg.source.tables.clone());
         }
         let stream = ReplicationStream::open(scfg).await?;
+        took.step("stream_ms");
         anyhow::Ok((projector, stream))
     };
     let (mut projector, mut stream) = tokio::select! {
@@ -202,7 +206,7 @@ async fn lead(
             }
         },
     };
-    tracing::info!(epoch = epoch.0, start = %stream.info().start_lsn, "streaming");
+    tracing::info!(epoch = epoch.0, start = %stream.info().start_lsn, took = %took, "streaming");
     health.leading.store(true, Ordering::Relaxed);
     health.ready.store(true, Ordering::Relaxed);
     let reporter = tokio::spawn(report(
@@ -282,6 +286,39 @@ async fn lead(
         }
     }
     outcome
+}
+
+/// Durations of the steps of a start, each from the end of the one before.
+struct Steps {
+    last: std::time::Instant,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Default for Steps {
+    fn default() -> Steps {
+        Steps {
+            last: std::time::Instant::now(),
+            done: Vec::new(),
+        }
+    }
+}
+
+impl Steps {
+    fn step(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.done.push((name, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, d)) in self.done.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            write!(f, "{sep}{name}={}", d.as_millis())?;
+        }
+        Ok(())
+    }
 }
 
 /// Whether leading may succeed if tried again.

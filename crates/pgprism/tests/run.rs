@@ -102,6 +102,24 @@ impl Replica {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// How this replica's latest `leading` line says the lock became free (its `via=`):
+    /// `lock-released` when the previous leader's session ended by itself, before its
+    /// heartbeat was `takeover_after` old.
+    fn took_lock_via(&self) -> Option<String> {
+        let log = self.log();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains(" leading pipeline="))?;
+        Some(
+            line.split(" via=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .to_owned(),
+        )
+    }
+
     fn ready(&self) -> Option<String> {
         get(self.port, "/readyz").and_then(|(s, b)| (s == 200).then_some(b))
     }
@@ -232,12 +250,15 @@ async fn two_replicas_survive_a_sigterm_of_the_leader_and_the_read_models_match_
         .expect("a exits within its shutdown deadline");
     assert!(code.success(), "a exited with {code:?}:\n{}", a.log());
     assert!(a.log().contains("lock released"), "{}", a.log());
-    b.wait_for("leader", Duration::from_secs(10));
+    b.wait_for("leader", Duration::from_secs(30));
     let takeover = stopped.elapsed();
     eprintln!("standby streaming {takeover:?} after SIGTERM of the leader");
-    assert!(
-        takeover < Duration::from_secs(5),
-        "takeover took {takeover:?}"
+    // The clean stop released the lock: B took it without waiting out A's heartbeat.
+    assert_eq!(
+        b.took_lock_via().as_deref(),
+        Some("lock-released"),
+        "{}",
+        b.log()
     );
 
     workload.await.unwrap();
@@ -767,12 +788,14 @@ async fn the_rebuild_command_swaps_a_rebuilt_read_model_in_under_a_running_leade
 }
 
 /// kill -9 of the leading `pgprism run` process, three times, under a steady workload,
-/// with a standby waiting each time: the standby leads within moments of the death (timed
-/// from the SIGKILL to its `/readyz` saying "leader", and to a change committed after the
-/// kill being visible in order_read_model), the killed replica comes back as the next
-/// standby, and the read models end equal to the ground truth.
+/// with a standby waiting each time: the standby takes the lock the death released (not
+/// after waiting out the heartbeat, the path of a frozen leader), a change committed after
+/// the kill becomes visible in order_read_model, the killed replica comes back as the next
+/// standby, and the read models end equal to the ground truth. The times from the SIGKILL
+/// to `/readyz` saying "leader" and to the change being visible are printed; their
+/// distribution, idle and loaded, is benches/takeover.rs's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_of_the_leading_process_is_taken_over_at_once_and_loses_nothing() {
+async fn kill_9_of_the_leading_process_frees_the_lock_for_the_standby_and_loses_nothing() {
     let pg = PgServer::start().unwrap();
     let redis = RedisServer::start().unwrap();
     let (db, dsn) = pg.fresh_database().unwrap();
@@ -834,6 +857,16 @@ async fn kill_9_of_the_leading_process_is_taken_over_at_once_and_loses_nothing()
         eprintln!(
             "kill -9 #{kill}: standby leading after {ready:?}, change visible after {visible:?}"
         );
+        // The killed leader's session died with it: the standby took the lock its holder
+        // released, with the dead leader's heartbeat younger than `takeover_after` (5 s),
+        // the path of a leader that freezes instead. How long it took is
+        // benches/takeover.rs's business.
+        assert_eq!(
+            standby.took_lock_via().as_deref(),
+            Some("lock-released"),
+            "kill -9 #{kill}\n{}",
+            standby.log()
+        );
         to_ready.push(ready);
         to_visible.push(visible);
         assert!(
@@ -872,11 +905,5 @@ async fn kill_9_of_the_leading_process_is_taken_over_at_once_and_loses_nothing()
     to_visible.sort();
     eprintln!(
         "kill -9 takeover of `pgprism run`, 3 trials: leading after {to_ready:?}, first change after the kill visible after {to_visible:?}"
-    );
-    // The killed leader's session dies with it, so the lock is free at once: far below
-    // `takeover_after` (5 s), the bound for a leader that freezes instead.
-    assert!(
-        to_visible.iter().all(|t| *t < Duration::from_secs(5)),
-        "takeover after kill -9 took {to_visible:?}"
     );
 }

@@ -562,6 +562,7 @@ impl Projector {
                 Resolved::Query(q) => (&q.name, &q.targets),
             };
             for t in targets {
+                let target_started = std::time::Instant::now();
                 let target = t.name_in(name);
                 let (logic, shape) = plan(&source, &p).await?;
                 let sink = cfg
@@ -668,6 +669,7 @@ impl Projector {
                 tracing::info!(target_name = %target, offset = %stored.resume_lsn, changes_done = stored.changes_done, epoch = %cfg.epoch,
                     backfill = backfill.as_ref().map(|b| if b.state.running() { "running" } else { "done" }).unwrap_or("none"),
                     backfill_rows = backfill.as_ref().map_or(0, |b| b.state.rows),
+                    took_ms = target_started.elapsed().as_millis() as u64,
                     "target ready");
                 let lane_source = source_dsn.named(&format!("pgprism query {target}"));
                 lanes.push(Lane::new(
