@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::shop_load::{ORDER_SCRIPT, ORDERS, PRELOAD, fill};
 use pgprism_testkit::http::get;
 use pgprism_testkit::{ChildGuard, PgServer, RedisServer, Signal};
 
@@ -38,47 +39,11 @@ const SCHEMA: &str = include_str!("../sql/schema.sql");
 const READ_MODELS: &str = include_str!("../sql/read_models.sql");
 const EXAMPLE: &str = include_str!("../pgprism.example.toml");
 
-const ORDERS: usize = 10_000;
-const CUSTOMERS: usize = 1_000;
-const PRODUCTS: usize = 200;
 const CLIENTS: usize = 4;
 /// The rungs, as shares of the baseline rate.
 const LADDER: [f64; 5] = [0.10, 0.25, 0.50, 0.75, 1.00];
 /// The probe commits one marked order this often.
 const PROBE_EVERY: Duration = Duration::from_millis(50);
-
-/// Lookup tables outside the publication, so the write picks customers and products by
-/// number through an index.
-const PRELOAD: &str = "
-CREATE SCHEMA bench;
-CREATE TABLE bench.customers (n int PRIMARY KEY, id uuid NOT NULL);
-CREATE TABLE bench.products (n int PRIMARY KEY, id uuid NOT NULL, price int NOT NULL);
-INSERT INTO customers (name, email)
-     SELECT 'customer ' || g, 'c' || g || '@example.com' FROM generate_series(1, {customers}) g;
-INSERT INTO bench.customers SELECT row_number() OVER (ORDER BY id), id FROM customers;
-INSERT INTO products (name, price_cents)
-     SELECT 'product ' || g, 100 + g * 7 FROM generate_series(1, {products}) g;
-INSERT INTO bench.products SELECT row_number() OVER (ORDER BY id), id, price_cents FROM products;
-INSERT INTO orders (customer_id, status)
-     SELECT (SELECT id FROM bench.customers WHERE n = 1 + g % {customers}), 'confirmed'
-       FROM generate_series(1, {orders}) g;
-INSERT INTO order_items (order_id, product_id, quantity, unit_cents)
-     SELECT o.id, p.id, 1 + k, p.price
-       FROM orders o, generate_series(0, 2) k,
-            LATERAL (SELECT id, price FROM bench.products
-                      WHERE n = 1 + (abs(hashtext(o.id::text)) + k * 71) % {products}) p;
-ANALYZE;
-";
-
-/// The write: one order with three items, one statement.
-const PGBENCH_SCRIPT: &str = "\\set c random(1, {customers})
-\\set p random(1, {products})
-WITH o AS (INSERT INTO orders (customer_id) SELECT id FROM bench.customers WHERE n = :c RETURNING id)
-INSERT INTO order_items (order_id, product_id, quantity, unit_cents)
-SELECT o.id, p.id, 1 + p.n % 3, p.price
-  FROM o, bench.products p
- WHERE p.n IN (:p, 1 + (:p + 61) % {products}, 1 + (:p + 122) % {products});
-";
 
 fn main() {
     let Some(bench) = common::start() else {
@@ -87,11 +52,6 @@ fn main() {
     let redis = RedisServer::start().expect("start Redis");
     let db = "shop";
     let dsn = bench.pg.create_database(db).expect("create database");
-    let fill = |s: &str| {
-        s.replace("{customers}", &CUSTOMERS.to_string())
-            .replace("{products}", &PRODUCTS.to_string())
-            .replace("{orders}", &ORDERS.to_string())
-    };
     bench.pg.psql(db, SCHEMA).expect("schema");
     bench.pg.psql(db, READ_MODELS).expect("read models");
     bench.pg.psql(db, &fill(PRELOAD)).expect("preload");
@@ -99,7 +59,7 @@ fn main() {
     let config = dir.path().join("pgprism.toml");
     std::fs::write(&config, EXAMPLE).unwrap();
     let script = dir.path().join("order.sql");
-    std::fs::write(&script, fill(PGBENCH_SCRIPT)).unwrap();
+    std::fs::write(&script, fill(ORDER_SCRIPT)).unwrap();
     let run_secs = (20.0 * bench.scale).max(3.0);
     let rung_secs = (30.0 * bench.scale).max(3.0);
 

@@ -60,11 +60,21 @@ BEGIN
     SELECT NEW.sink, NEW.epoch, NEW.resume_lsn, NEW.changes_done, count(*), coalesce(max(seq), 0)
       FROM read.ticks;
     RETURN NEW;
-END $$;";
-
-/// Once `pgprism.offsets` exists (a first leader created it): log its every write.
-const AUDIT: &str = "CREATE TRIGGER log_offset AFTER INSERT OR UPDATE ON pgprism.offsets
-     FOR EACH ROW EXECUTE FUNCTION log_offset()";
+END $$;
+-- Every write of pgprism.offsets is logged from the first: the audit trigger is attached
+-- in the transaction of the first leader that creates the table.
+CREATE FUNCTION audit_offsets() RETURNS event_trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF to_regclass('pgprism.offsets') IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_trigger
+         WHERE tgname = 'log_offset' AND tgrelid = to_regclass('pgprism.offsets'))
+    THEN
+        CREATE TRIGGER log_offset AFTER INSERT OR UPDATE ON pgprism.offsets
+            FOR EACH ROW EXECUTE FUNCTION log_offset();
+    END IF;
+END $$;
+CREATE EVENT TRIGGER audit_offsets ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
+    EXECUTE FUNCTION audit_offsets();";
 
 /// A replica's configuration: the ticks mirror into Postgres (and Redis with `redis`),
 /// `leader` settings (e.g. [`FAST`]); the replica's name comes from the environment.
@@ -356,19 +366,24 @@ impl Setup {
     }
 }
 
-/// Once a first leader has created `pgprism.offsets`, the audit trigger on it.
-async fn audit_offsets(env: &Env, log: &Log) {
+/// Until a first leader has created `pgprism.offsets` (the event trigger of [`DDL`] put the
+/// audit trigger on it in the same transaction).
+async fn offsets_audited(env: &Env, log: &Log) {
     let sql = env.client().await;
-    let what = || "pgprism.offsets never appeared".to_owned();
+    let what = || "pgprism.offsets never appeared with its audit trigger".to_owned();
     eventually(log, Duration::from_millis(10), what, async || {
         let row = sql
-            .query_one("SELECT to_regclass('pgprism.offsets') IS NOT NULL", &[])
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_trigger
+                                 WHERE tgname = 'log_offset'
+                                   AND tgrelid = to_regclass('pgprism.offsets'))",
+                &[],
+            )
             .await
             .unwrap();
         row.get::<_, bool>(0).then_some(())
     })
     .await;
-    env.sql(AUDIT);
 }
 
 /// An offset write as the trigger logged it.
@@ -533,7 +548,7 @@ async fn three_replicas_never_two_leaders_and_a_kill_9_frees_the_lock() {
         .map(|_| Replica::start(config, &names.next().unwrap(), None, log))
         .collect();
     let (mut leader, mut epoch, _) = next_leader(&mut beliefs, log, sql).await;
-    audit_offsets(env, log).await;
+    offsets_audited(env, log).await;
     // The application starts once the first leader has loaded the (empty) table.
     let app = setup.start_ticking(Duration::from_millis(5)).await;
     let (mut takeovers, mut paths) = (Vec::new(), Vec::new());
@@ -607,7 +622,7 @@ async fn a_sigstopped_leader_is_replaced_fenced_and_steps_down() {
     let a = Replica::start(config, "a", None, log);
     let (epoch_a, _) = wait_role(log, "a", began, true).await;
     let epoch_a = epoch_a.unwrap();
-    audit_offsets(env, log).await;
+    offsets_audited(env, log).await;
     let app = setup.start_ticking(Duration::from_millis(2)).await;
 
     // A standby does not replace a live leader...
@@ -732,7 +747,7 @@ async fn frozen_inside_a_sink_transaction(failpoints: &str, b_says: &str, wakes:
     let (epoch_a, _) = wait_role(log, "a", began, true).await;
     let epoch_a = epoch_a.unwrap();
     let b = Replica::start(config, "b", None, log);
-    audit_offsets(env, log).await;
+    offsets_audited(env, log).await;
     let app = setup.start_ticking(Duration::from_millis(2)).await;
     // A's sink session sits in its open transaction while A sleeps.
     let what = || "A never froze inside a sink transaction".to_owned();
@@ -824,7 +839,7 @@ async fn rows_and_offsets_commit_together_across_100_kill_9s() {
         let epoch = epoch.unwrap();
         if app.is_none() {
             // Once the first leader has loaded the (empty) table.
-            audit_offsets(env, log).await;
+            offsets_audited(env, log).await;
             app = Some(setup.start_ticking(Duration::from_millis(2)).await);
         }
         let early = rng.random_bool(0.2);

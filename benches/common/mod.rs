@@ -1,6 +1,8 @@
 //! What every bench starts with: the scale and rounds from the environment, a testkit
 //! Postgres tuned for bulk writes, and a two-worker runtime.
 
+pub mod shop_load;
+
 use pgprism_testkit::PgServer;
 use tokio::runtime::Runtime;
 
