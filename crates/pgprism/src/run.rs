@@ -1,9 +1,10 @@
 //! `pgprism run`: the sidecar. Every replica campaigns; the leader streams the slot into
 //! the projections; standbys wait. Metrics and health over HTTP.
 //!
-//! Leading: take the slot over from a dead leader's walsender, start the projector (which
-//! stamps our epoch on every target), open the stream at the smallest target offset, and
-//! drive until told to stop. Leadership lost (lock session gone, epoch superseded): stop
+//! Leading: take the slot over from a dead leader's walsender and, at the same time, start
+//! the projector (which connects every target at once and stamps our epoch on each), open
+//! the stream at the smallest target offset, and drive until told to stop. The `streaming`
+//! line says how long each step took. Leadership lost (lock session gone, epoch superseded): stop
 //! writing at once — the in-flight batch is abandoned, its transactions roll back, and
 //! the fence would refuse it anyway. SIGTERM/SIGINT: stop reading, flush the open batch,
 //! commit the offsets, send the final standby status update, release the lock, exit 0,
@@ -168,20 +169,25 @@ async fn lead(
     // Each step of taking over, timed: what a new leader waits on before it streams.
     let mut took = Steps::default();
     let setup = async {
-        let client = crate::session::connect(&dsn.named("pgprism slot")).await?;
-        slot::take_over(
-            &client,
-            &cfg.source.slot,
-            cfg.leader.slot_takeover_after,
-            // The dead leader's walsender lets go within moments of its client's death: look often.
-            Duration::from_millis(20),
-        )
-        .await
-        .context("taking the slot over")?;
-        drop(client);
-        took.step("slot_ms");
-        let projector = Projector::start(&pcfg).await?;
-        took.step("targets_ms");
+        // The dead leader's walsender letting go of the slot, and connecting and stamping
+        // every target, wait on different things: both at once.
+        let slot = timed(async {
+            let client = crate::session::connect(&dsn.named("pgprism slot")).await?;
+            slot::take_over(
+                &client,
+                &cfg.source.slot,
+                cfg.leader.slot_takeover_after,
+                // The dead leader's walsender lets go within moments of its client's death: look often.
+                Duration::from_millis(20),
+            )
+            .await
+            .context("taking the slot over")
+        });
+        let targets = timed(async { anyhow::Ok(Projector::start(&pcfg).await?) });
+        let ((_, slot_took), (projector, targets_took)) = tokio::try_join!(slot, targets)?;
+        took.add("slot_ms", slot_took);
+        took.add("targets_ms", targets_took);
+        let opened = std::time::Instant::now();
         let mut scfg = StreamConfig::new(dsn.clone(), &cfg.source.slot, &cfg.source.publication);
         scfg.start_lsn = projector.resume_lsn();
         scfg.application_name = format!("pgprism {}", cfg.pipeline);
@@ -191,7 +197,7 @@ async fn lead(
             scfg.create_publication_for = Some(cfg.source.tables.clone());
         }
         let stream = ReplicationStream::open(scfg).await?;
-        took.step("stream_ms");
+        took.add("stream_ms", opened.elapsed());
         anyhow::Ok((projector, stream))
     };
     let (mut projector, mut stream) = tokio::select! {
@@ -288,32 +294,25 @@ async fn lead(
     outcome
 }
 
-/// Durations of the steps of a start, each from the end of the one before.
-struct Steps {
-    last: std::time::Instant,
-    done: Vec<(&'static str, Duration)>,
-}
-
-impl Default for Steps {
-    fn default() -> Steps {
-        Steps {
-            last: std::time::Instant::now(),
-            done: Vec::new(),
-        }
-    }
-}
+/// Durations of the steps of a start.
+#[derive(Default)]
+struct Steps(Vec<(&'static str, Duration)>);
 
 impl Steps {
-    fn step(&mut self, name: &'static str) {
-        let now = std::time::Instant::now();
-        self.done.push((name, now - self.last));
-        self.last = now;
+    fn add(&mut self, name: &'static str, took: Duration) {
+        self.0.push((name, took));
     }
+}
+
+/// `f`'s output and how long it took.
+async fn timed<T>(f: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<(T, Duration)> {
+    let started = std::time::Instant::now();
+    Ok((f.await?, started.elapsed()))
 }
 
 impl std::fmt::Display for Steps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, (name, d)) in self.done.iter().enumerate() {
+        for (i, (name, d)) in self.0.iter().enumerate() {
             let sep = if i == 0 { "" } else { "," };
             write!(f, "{sep}{name}={}", d.as_millis())?;
         }

@@ -34,7 +34,7 @@ use crate::query::{Mapping, QueryProjection};
 use crate::rebuild::{Swap, shadow_table, shadow_target};
 use crate::redis::RedisWriter;
 use crate::spec::{
-    BackfillSpec, BatchSpec, KeyMapping, ProjectionSpec, Resolved, Sink, SinkSpec,
+    BackfillSpec, BatchSpec, KeyMapping, ProjectionSpec, Resolved, Sink, SinkSpec, TargetSpec,
     parse_table_name, validate,
 };
 use pgprism_leader::fence::read_backfill;
@@ -533,6 +533,154 @@ fn table_of(projection: &str, name: &str) -> Result<(String, String), SinkError>
         .ok_or_else(|| SinkError::config(projection, format!("{name:?} is not a table name")))
 }
 
+/// What the start of every target shares.
+struct TargetStart<'a> {
+    cfg: &'a ProjectorConfig,
+    source: &'a Client,
+    source_dsn: &'a Dsn,
+    timeouts: &'a str,
+    /// The backfill state of a target new to the pipeline.
+    initial: Option<&'a str>,
+}
+
+impl TargetStart<'_> {
+    /// Connect target `t` of projection `p` (named `name`), stamp our epoch on its offset,
+    /// read where it resumes and plan its backfill; beside it, its rebuild's shadow lane
+    /// when a rebuild was asked for.
+    async fn target(
+        &self,
+        p: &Resolved,
+        name: &str,
+        t: &TargetSpec,
+    ) -> Result<(Lane, Option<Lane>), SinkError> {
+        let (cfg, source, source_dsn, timeouts, initial) = (
+            self.cfg,
+            self.source,
+            self.source_dsn,
+            self.timeouts,
+            self.initial,
+        );
+        let mut shadow_lane = None;
+        let target_started = std::time::Instant::now();
+        let target = t.name_in(name);
+        let (logic, shape) = plan(source, p).await?;
+        let sink = cfg
+            .sinks
+            .get(&t.sink)
+            .ok_or_else(|| SinkError::config(&target, format!("no sink named {:?}", t.sink)))?
+            .resolve(&t.sink)
+            .map_err(|e| SinkError::config("config", e.to_string()))?;
+        let (writer, stored) = match sink {
+            Sink::Postgres { dsn } => {
+                let (schema, table) = table_of(&target, t.table.as_deref().unwrap_or(""))?;
+                let (w, stored) = pg_writer(
+                    cfg,
+                    PgTarget {
+                        target: &target,
+                        dsn,
+                        schema: &schema,
+                        table: &table,
+                    },
+                    timeouts,
+                    shape.as_ref(),
+                    initial,
+                )
+                .await?;
+                let shadow = shadow_target(&target);
+                if let Some(text) = read_backfill(&*w.client, &cfg.pipeline, &shadow).await? {
+                    // A rebuild was asked for: its shadow lane goes beside this one.
+                    let state = crate::backfill::BackfillState::parse(&shadow, &text)?;
+                    let shadow_table = shadow_table(&target, &table)?;
+                    let (sw, shadow_stored) = pg_writer(
+                        cfg,
+                        PgTarget {
+                            target: &shadow,
+                            dsn,
+                            schema: &schema,
+                            table: &shadow_table,
+                        },
+                        timeouts,
+                        shape.as_ref(),
+                        None,
+                    )
+                    .await?;
+                    let (logic, shape) = plan(source, p).await?;
+                    let backfill =
+                        plan_backfill(source, &shadow, &logic, state, &cfg.backfill).await?;
+                    tracing::info!(target_name = %shadow, offset = %shadow_stored.resume_lsn, table = %format!("{schema}.{shadow_table}"),
+                        "rebuilding beside the live table");
+                    let lane_source = source_dsn.named(&format!("pgprism query {shadow}"));
+                    let mut lane = Lane::new(
+                        shadow,
+                        name.to_owned(),
+                        t.sink.clone(),
+                        &cfg.pipeline,
+                        logic,
+                        Writer::Postgres(Box::new(sw)),
+                        lane_source,
+                        shape,
+                        shadow_stored,
+                        cfg.batch.detach_after,
+                        backfill,
+                    );
+                    lane.swap = Some(Swap {
+                        live_target: target.clone(),
+                        schema: schema.clone(),
+                        table: table.clone(),
+                    });
+                    shadow_lane = Some(lane);
+                }
+                (Writer::Postgres(Box::new(w)), stored)
+            }
+            Sink::Redis { url, ca_file } => {
+                // A Redis target's dead letters live in the source.
+                dead_letter::ensure(source).await?;
+                let (w, stored) = RedisWriter::connect(
+                    &cfg.pipeline,
+                    &target,
+                    crate::redis::open(url, ca_file, &target)?,
+                    t,
+                    cfg.epoch,
+                    initial,
+                )
+                .await?;
+                (Writer::Redis(Box::new(w)), stored)
+            }
+        };
+        let state = match &writer {
+            Writer::Postgres(w) => w.fence.backfill().map(str::to_owned),
+            Writer::Redis(w) => w.backfill().map(str::to_owned),
+        };
+        let backfill = match state {
+            Some(text) => {
+                let state = crate::backfill::BackfillState::parse(&target, &text)?;
+                plan_backfill(source, &target, &logic, state, &cfg.backfill).await?
+            }
+            None => None,
+        };
+        tracing::info!(target_name = %target, offset = %stored.resume_lsn, changes_done = stored.changes_done, epoch = %cfg.epoch,
+            backfill = backfill.as_ref().map(|b| if b.state.running() { "running" } else { "done" }).unwrap_or("none"),
+            backfill_rows = backfill.as_ref().map_or(0, |b| b.state.rows),
+            took_ms = target_started.elapsed().as_millis() as u64,
+            "target ready");
+        let lane_source = source_dsn.named(&format!("pgprism query {target}"));
+        let lane = Lane::new(
+            target,
+            name.to_owned(),
+            t.sink.clone(),
+            &cfg.pipeline,
+            logic,
+            writer,
+            lane_source,
+            shape,
+            stored,
+            cfg.batch.detach_after,
+            backfill,
+        );
+        Ok((lane, shadow_lane))
+    }
+}
+
 impl Projector {
     /// Validate the configuration, connect every target, stamp our epoch on each target's
     /// offset, and read where each resumes.
@@ -546,146 +694,40 @@ impl Projector {
         );
         let source_dsn = cfg.source.with_options(&timeouts);
         let source = connect(&source_dsn.named("pgprism source"), "source").await?;
-        let mut dead_letters_on_source = false;
-        let mut lanes = Vec::new();
-        let mut shadows = Vec::new();
+        let resolved = cfg
+            .projections
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                p.resolve(&format!("projections[{i}]"))
+                    .map_err(|e| SinkError::config("config", e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let initial = cfg
             .backfill
             .initial
             .then(|| crate::backfill::BackfillState::start().to_json());
-        for (i, p) in cfg.projections.iter().enumerate() {
-            let p = p
-                .resolve(&format!("projections[{i}]"))
-                .map_err(|e| SinkError::config("config", e.to_string()))?;
-            let (name, targets) = match &p {
+        let start = TargetStart {
+            cfg,
+            source: &source,
+            source_dsn: &source_dsn,
+            timeouts: &timeouts,
+            initial: initial.as_deref(),
+        };
+        // Every target at once: each waits on its own connects and round trips (a new
+        // leader's start is most of a takeover, and a loaded server makes each trip slow).
+        let started = futures_util::future::try_join_all(resolved.iter().flat_map(|p| {
+            let (name, targets) = match p {
                 Resolved::Mirror(m) => (&m.name, &m.targets),
                 Resolved::Query(q) => (&q.name, &q.targets),
             };
-            for t in targets {
-                let target_started = std::time::Instant::now();
-                let target = t.name_in(name);
-                let (logic, shape) = plan(&source, &p).await?;
-                let sink = cfg
-                    .sinks
-                    .get(&t.sink)
-                    .ok_or_else(|| {
-                        SinkError::config(&target, format!("no sink named {:?}", t.sink))
-                    })?
-                    .resolve(&t.sink)
-                    .map_err(|e| SinkError::config("config", e.to_string()))?;
-                let (writer, stored) = match sink {
-                    Sink::Postgres { dsn } => {
-                        let (schema, table) = table_of(&target, t.table.as_deref().unwrap_or(""))?;
-                        let (w, stored) = pg_writer(
-                            cfg,
-                            PgTarget {
-                                target: &target,
-                                dsn,
-                                schema: &schema,
-                                table: &table,
-                            },
-                            &timeouts,
-                            shape.as_ref(),
-                            initial.as_deref(),
-                        )
-                        .await?;
-                        let shadow = shadow_target(&target);
-                        if let Some(text) =
-                            read_backfill(&*w.client, &cfg.pipeline, &shadow).await?
-                        {
-                            // A rebuild was asked for: its shadow lane goes beside this one.
-                            let state = crate::backfill::BackfillState::parse(&shadow, &text)?;
-                            let shadow_table = shadow_table(&target, &table)?;
-                            let (sw, shadow_stored) = pg_writer(
-                                cfg,
-                                PgTarget {
-                                    target: &shadow,
-                                    dsn,
-                                    schema: &schema,
-                                    table: &shadow_table,
-                                },
-                                &timeouts,
-                                shape.as_ref(),
-                                None,
-                            )
-                            .await?;
-                            let (logic, shape) = plan(&source, &p).await?;
-                            let backfill =
-                                plan_backfill(&source, &shadow, &logic, state, &cfg.backfill)
-                                    .await?;
-                            tracing::info!(target_name = %shadow, offset = %shadow_stored.resume_lsn, table = %format!("{schema}.{shadow_table}"),
-                                "rebuilding beside the live table");
-                            let lane_source = source_dsn.named(&format!("pgprism query {shadow}"));
-                            let mut lane = Lane::new(
-                                shadow,
-                                name.clone(),
-                                t.sink.clone(),
-                                &cfg.pipeline,
-                                logic,
-                                Writer::Postgres(Box::new(sw)),
-                                lane_source,
-                                shape,
-                                shadow_stored,
-                                cfg.batch.detach_after,
-                                backfill,
-                            );
-                            lane.swap = Some(Swap {
-                                live_target: target.clone(),
-                                schema: schema.clone(),
-                                table: table.clone(),
-                            });
-                            shadows.push(lane);
-                        }
-                        (Writer::Postgres(Box::new(w)), stored)
-                    }
-                    Sink::Redis { url, ca_file } => {
-                        if !dead_letters_on_source {
-                            dead_letter::ensure(&source).await?;
-                            dead_letters_on_source = true;
-                        }
-                        let (w, stored) = RedisWriter::connect(
-                            &cfg.pipeline,
-                            &target,
-                            crate::redis::open(url, ca_file, &target)?,
-                            t,
-                            cfg.epoch,
-                            initial.as_deref(),
-                        )
-                        .await?;
-                        (Writer::Redis(Box::new(w)), stored)
-                    }
-                };
-                let state = match &writer {
-                    Writer::Postgres(w) => w.fence.backfill().map(str::to_owned),
-                    Writer::Redis(w) => w.backfill().map(str::to_owned),
-                };
-                let backfill = match state {
-                    Some(text) => {
-                        let state = crate::backfill::BackfillState::parse(&target, &text)?;
-                        plan_backfill(&source, &target, &logic, state, &cfg.backfill).await?
-                    }
-                    None => None,
-                };
-                tracing::info!(target_name = %target, offset = %stored.resume_lsn, changes_done = stored.changes_done, epoch = %cfg.epoch,
-                    backfill = backfill.as_ref().map(|b| if b.state.running() { "running" } else { "done" }).unwrap_or("none"),
-                    backfill_rows = backfill.as_ref().map_or(0, |b| b.state.rows),
-                    took_ms = target_started.elapsed().as_millis() as u64,
-                    "target ready");
-                let lane_source = source_dsn.named(&format!("pgprism query {target}"));
-                lanes.push(Lane::new(
-                    target,
-                    name.clone(),
-                    t.sink.clone(),
-                    &cfg.pipeline,
-                    logic,
-                    writer,
-                    lane_source,
-                    shape,
-                    stored,
-                    cfg.batch.detach_after,
-                    backfill,
-                ));
-            }
+            targets.iter().map(|t| start.target(p, name, t))
+        }))
+        .await?;
+        let (mut lanes, mut shadows) = (Vec::new(), Vec::new());
+        for (lane, shadow) in started {
+            lanes.push(lane);
+            shadows.extend(shadow);
         }
         lanes.extend(shadows);
         for lane in &lanes {
