@@ -101,9 +101,9 @@ fn main() {
         shop_load::ORDERS
     );
     println!(
-        "| condition | lock handoff (Postgres) p50 | kill → leading p50 / p90 / max | leading → streaming p50 / max | slot / targets / stream p50 | kill → /readyz leader p50 / max | kill → visible (PG + Redis) p50 / p90 / max | visible ÷ handoff |"
+        "| condition | lock handoff (Postgres) p50 | kill → leading p50 / p90 / max | leading → streaming p50 / max | slot / targets / stream p50 | kill → /readyz leader p50 / max | kill → visible (PG + Redis) p50 / p90 / max | visible ÷ handoff | WAL re-read at start p50 / max |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut env = env;
     for loaded in [false, true] {
         let load = loaded.then(Load::start);
@@ -139,6 +139,9 @@ struct Trial {
     steps: [u64; 3],
     ready: Duration,
     visible: Duration,
+    /// WAL the new leader's walsender decodes again before the first new change: from the
+    /// slot's restart position (held back by the replay window) to the targets' offsets.
+    reread: f64,
 }
 
 /// `kills` trials: kill the leader, time the standby's takeover and the change after the
@@ -164,6 +167,16 @@ async fn trials(env: &mut Replicas<'_>, kills: usize, rng: &mut Rng) -> Vec<Tria
         let name = format!("marker {k} {}", rng.below(1 << 30));
         let (killed_wall, killed) = (SystemTime::now(), Instant::now());
         leader.child.signal(Signal::Kill).unwrap();
+        let reread: f64 = probe
+            .query_one(
+                "SELECT coalesce((SELECT min(resume_lsn) FROM pgprism.offsets WHERE resume_lsn > '0/0')
+                                 - restart_lsn, 0)::float8
+                   FROM pg_replication_slots WHERE slot_name = 'pgprism'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
         probe
             .execute(
                 "UPDATE customers SET name = $1 WHERE id = $2::text::uuid",
@@ -230,6 +243,7 @@ async fn trials(env: &mut Replicas<'_>, kills: usize, rng: &mut Rng) -> Vec<Tria
             steps: [step("slot_ms"), step("targets_ms"), step("stream_ms")],
             ready: ready.unwrap(),
             visible: in_pg.unwrap().max(in_redis.unwrap()),
+            reread,
         });
         leader
             .child
@@ -351,8 +365,11 @@ fn report(condition: &str, handoff: &[Duration], trials: &[Trial]) {
         v.sort();
         v[v.len() / 2]
     };
+    let mut reread: Vec<f64> = trials.iter().map(|t| t.reread).collect();
+    reread.sort_by(f64::total_cmp);
+    let mib = |b: f64| b / (1024.0 * 1024.0);
     println!(
-        "| {condition} | {:.1} ms | {} / {} / {} ms | {} / {} ms | {} / {} / {} ms | {} / {} ms | {} / {} / {} ms | {:.0}× |",
+        "| {condition} | {:.1} ms | {} / {} / {} ms | {} / {} ms | {} / {} / {} ms | {} / {} ms | {} / {} / {} ms | {:.0}× | {:.1} / {:.1} MiB |",
         q(&handoff, 0.5).as_secs_f64() * 1000.0,
         ms(q(&leading, 0.5)),
         ms(q(&leading, 0.9)),
@@ -368,6 +385,8 @@ fn report(condition: &str, handoff: &[Duration], trials: &[Trial]) {
         ms(q(&visible, 0.9)),
         ms(q(&visible, 1.0)),
         q(&visible, 0.5).as_secs_f64() / q(&handoff, 0.5).as_secs_f64().max(1e-6),
+        mib(reread[reread.len() / 2]),
+        mib(reread[reread.len() - 1]),
     );
 }
 
