@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::shop_load::{ORDER_SCRIPT, ORDERS, PRELOAD, fill};
+use common::shop_load::{self, ORDER_SCRIPT, ORDERS, PRELOAD, fill};
 use pgprism_testkit::http::get;
 use pgprism_testkit::{ChildGuard, PgServer, RedisServer, Signal};
 
@@ -156,20 +156,7 @@ fn main() {
         );
         pgprism.wait_caught_up(&bench.pg, db);
     }
-    let truth = bench
-        .pg
-        .psql(
-            db,
-            "SELECT count(*) FROM (SELECT * FROM order_read_model_truth t
-               WHERE t.id IN (SELECT id FROM order_read_model)
-              EXCEPT SELECT * FROM order_read_model) d",
-        )
-        .unwrap();
-    assert_eq!(
-        truth.trim(),
-        "0",
-        "order_read_model differs from the ground truth"
-    );
+    shop_load::assert_truth(&bench.pg, db);
     pgprism.stop();
 }
 

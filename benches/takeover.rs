@@ -115,20 +115,7 @@ fn main() {
         report(if loaded { "loaded" } else { "idle" }, &handoff, &trials);
     }
     drop(writes);
-    let diff = bench
-        .pg
-        .psql(
-            db,
-            "SELECT count(*) FROM (SELECT * FROM order_read_model_truth t
-               WHERE t.id IN (SELECT id FROM order_read_model)
-              EXCEPT SELECT * FROM order_read_model) d",
-        )
-        .unwrap();
-    assert_eq!(
-        diff.trim(),
-        "0",
-        "order_read_model differs from the ground truth"
-    );
+    shop_load::assert_truth(&bench.pg, db);
 }
 
 /// One kill and what followed, each from the SIGKILL.

@@ -51,3 +51,20 @@ pub fn fill(sql: &str) -> String {
         .replace("{products}", &PRODUCTS.to_string())
         .replace("{orders}", &ORDERS.to_string())
 }
+
+/// Every order `order_read_model` holds equals its ground-truth row (the benches' end).
+pub fn assert_truth(pg: &pgprism_testkit::PgServer, db: &str) {
+    let differ = pg
+        .psql(
+            db,
+            "SELECT count(*) FROM (SELECT * FROM order_read_model_truth t
+               WHERE t.id IN (SELECT id FROM order_read_model)
+              EXCEPT SELECT * FROM order_read_model) d",
+        )
+        .unwrap();
+    assert_eq!(
+        differ.trim(),
+        "0",
+        "order_read_model differs from the ground truth"
+    );
+}

@@ -222,23 +222,17 @@ async fn source(cfg: &Config, dsn: &Dsn, c: &Client, f: &mut Findings) -> anyhow
             &[&cfg.source.publication],
         )
         .await?;
-    let wanted: Vec<String> = cfg
-        .projections
-        .iter()
-        .flat_map(|p| {
-            p.source
-                .iter()
-                .cloned()
-                .chain(p.keys.keys().cloned())
-                .collect::<Vec<_>>()
-        })
-        .filter_map(|t| pgprism_sink::spec::parse_table_name(&t).map(|(s, n)| format!("{s}.{n}")))
-        .collect::<std::collections::BTreeSet<String>>()
+    let wanted: Vec<String> = crate::partitions::source_tables(cfg)
         .into_iter()
+        .map(|(s, n)| format!("{s}.{n}"))
         .collect();
     match publication {
         Some(row) => {
             let all: bool = row.get(0);
+            let hidden = crate::partitions::published_as_partitions(c, cfg).await?;
+            if !hidden.is_empty() {
+                f.problem(&crate::partitions::problem(&cfg.source.publication, &hidden));
+            }
             let published: Vec<String> = c
                 .query(
                     "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
@@ -248,7 +242,12 @@ async fn source(cfg: &Config, dsn: &Dsn, c: &Client, f: &mut Findings) -> anyhow
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            let missing: Vec<&String> = wanted.iter().filter(|t| !all && !published.contains(t)).collect();
+            // A partitioned table published under its partitions' names is listed as those:
+            // said above, with its own fix.
+            let missing: Vec<&String> = wanted
+                .iter()
+                .filter(|t| !all && !published.contains(t) && !hidden.contains(t))
+                .collect();
             if missing.is_empty() {
                 f.ok(&format!("publication {:?} covers every source table", cfg.source.publication));
             } else {

@@ -8,6 +8,7 @@ mod config;
 mod dlq;
 mod http;
 mod jsonl;
+mod partitions;
 mod rebuild;
 mod replay;
 mod run;

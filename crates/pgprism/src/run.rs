@@ -173,6 +173,7 @@ async fn lead(
         // every target, wait on different things: both at once.
         let slot = timed(async {
             let client = crate::session::connect(&dsn.named("pgprism slot")).await?;
+            crate::partitions::refuse_hidden(&client, cfg).await?;
             slot::take_over(
                 &client,
                 &cfg.source.slot,
@@ -322,6 +323,9 @@ impl std::fmt::Display for Steps {
 
 /// Whether leading may succeed if tried again.
 fn retryable(e: &anyhow::Error) -> bool {
+    if e.is::<crate::partitions::PublishedAsPartitions>() {
+        return false;
+    }
     if let Some(e) = e.downcast_ref::<pgprism_sink::SinkError>() {
         return e.class() == Class::Transient;
     }

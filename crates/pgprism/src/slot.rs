@@ -78,7 +78,8 @@ pub async fn run(args: SlotArgs) -> anyhow::Result<()> {
                     .join(", ");
                 client
                     .batch_execute(&format!(
-                        "CREATE PUBLICATION {} FOR TABLE {tables}",
+                        // A partitioned table's changes under its own name, not its partitions'.
+                        "CREATE PUBLICATION {} FOR TABLE {tables} WITH (publish_via_partition_root = true)",
                         quote_ident(publication)
                     ))
                     .await

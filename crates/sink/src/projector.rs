@@ -151,6 +151,8 @@ pub struct Projector {
     next: Offset,
     /// The end of the last whole transaction pushed.
     last_end: Lsn,
+    /// Published tables whose changes no projection reads, warned about once each.
+    unclaimed: std::collections::HashSet<String>,
 }
 
 /// Columns and replica identity of a source table, as a relation message would carry them.
@@ -749,6 +751,7 @@ impl Projector {
             last_end: acknowledgeable(next),
             next,
             lanes,
+            unclaimed: Default::default(),
         })
     }
 
@@ -783,6 +786,8 @@ impl Projector {
         let commit_lsn = chunk.txn.commit_lsn;
         // Counted per relation and named once per chunk, not once per change.
         let mut counts: Vec<(Option<&Arc<Relation>>, &'static str, u64)> = Vec::new();
+        // Changes of a published table no projection reads, per relation.
+        let mut unclaimed: Vec<(&Arc<Relation>, u64)> = Vec::new();
         for (i, change) in chunk.changes.iter().enumerate() {
             let (rel, op) = table_op(&change.kind);
             match counts
@@ -796,8 +801,11 @@ impl Projector {
                 commit_lsn,
                 seq: chunk.first_seq + i as u64,
             };
+            let mut claimed = false;
             for lane in &mut self.lanes {
-                if lane.detached.is_some() || lane.covers(pos) || !lane.concerns(&change.kind) {
+                let concerns = lane.concerns(&change.kind);
+                claimed |= concerns;
+                if lane.detached.is_some() || lane.covers(pos) || !concerns {
                     continue;
                 }
                 if lane.shape_change(&change.kind)? {
@@ -808,10 +816,27 @@ impl Projector {
                 }
                 lane.push(&change.kind, pos, chunk.txn.xid)?;
             }
+            if let (false, Some(rel)) = (claimed, rel) {
+                match unclaimed.iter_mut().find(|(r, _)| Arc::ptr_eq(r, rel)) {
+                    Some((_, n)) => *n += 1,
+                    None => unclaimed.push((rel, 1)),
+                }
+            }
         }
         for (rel, op, n) in counts {
             let table = rel.map(|r| r.qualified_name()).unwrap_or_default();
             metrics::counter!("pgprism_changes_total", "table" => table, "op" => op).increment(n);
+        }
+        for (rel, n) in unclaimed {
+            let table = rel.qualified_name();
+            metrics::counter!("pgprism_unclaimed_changes_total", "table" => table.clone())
+                .increment(n);
+            if self.unclaimed.insert(table.clone()) {
+                tracing::warn!(table = %table,
+                    "changes of a published table that no projection reads: counted in pgprism_unclaimed_changes_total; \
+                     fix: if it is a partition of a table a projection reads, ALTER PUBLICATION … SET (publish_via_partition_root = true); \
+                     otherwise drop it from the publication or add a projection");
+            }
         }
         self.changes += chunk.changes.len();
         self.oldest.get_or_insert_with(Instant::now);

@@ -564,7 +564,8 @@ async fn start_session(
                     .join(", ");
                 client
                     .simple_query(&format!(
-                        "CREATE PUBLICATION {} FOR TABLE {list}",
+                        // A partitioned table's changes under its own name, not its partitions'.
+                        "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish_via_partition_root = true)",
                         quote_ident(&cfg.publication)
                     ))
                     .await
