@@ -924,3 +924,77 @@ impl KillTally {
         self.cut_at_start += usize::from(cut && early);
     }
 }
+
+/// `pgprism replay` deposes the running leader, which campaigns again at once: stamping
+/// its newer epoch on targets the replay has not rewound yet would fence the replay
+/// half-way. The replay holds the pipeline until its rewind is done (armed to sleep 2 s
+/// between its stamp and its rewind, far beyond the leader's 100 ms heartbeat); the
+/// leader waits, then leads with a newer epoch and re-applies from the rewound offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_is_not_fenced_by_the_leader_it_deposes() {
+    let setup = Setup::new(FAST, true).await;
+    let (env, config, sql, log) = (&setup.env, &setup.config, &setup.sql, &setup.log);
+    let a = Replica::start(config, "a", None, log);
+    let (epoch_a, _) = wait_role(log, "a", setup.began, true).await;
+    let epoch_a = epoch_a.unwrap();
+    offsets_audited(env, log).await;
+    let app = setup.start_ticking(Duration::from_millis(2)).await;
+    let what = || "A never committed an offset".to_owned();
+    eventually(log, Duration::from_millis(10), what, async || {
+        committed_in(sql, epoch_a).await.then_some(())
+    })
+    .await;
+    // Back to where the slot stands (the replay window is 0 here).
+    let from: String = sql
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'pgprism'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let replayed_at = std::time::Instant::now();
+    let out = common::pgprism()
+        .args(["replay", "--from-lsn", &from, "-c"])
+        .arg(config)
+        .env("FAILPOINTS", "before-rewind=sleep(2000)")
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the replay failed: {said}\n{}",
+        log.tail()
+    );
+    let replay_epoch: i64 = said
+        .split("took epoch ")
+        .nth(1)
+        .and_then(|r| r.split(':').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no epoch in {said}"));
+    // A stepped down at its next heartbeat, waited for the rewind, and leads again.
+    let (epoch, _) = wait_role(log, "a", replayed_at, true).await;
+    assert!(
+        epoch.unwrap() > replay_epoch,
+        "{epoch:?} after {replay_epoch}"
+    );
+    let written = setup.stop_ticking(app).await;
+    caught_up(env, written, true, log).await;
+    // The rewind is the one write that goes back: the log holds before it and from it on.
+    let logged = offset_log(sql).await;
+    let rewind = logged
+        .iter()
+        .rposition(|w| w.epoch == replay_epoch)
+        .expect("the replay's writes are logged");
+    assert!(
+        logged[rewind].resume_lsn <= from.parse().unwrap(),
+        "the rewind: {:?}",
+        logged[rewind]
+    );
+    check_offset_log(&logged[..rewind], log);
+    check_offset_log(&logged[rewind..], log);
+    a.stop(log);
+}

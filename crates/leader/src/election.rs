@@ -57,7 +57,8 @@ impl LeaderConfig {
         }
     }
 
-    fn key(&self) -> i64 {
+    /// The advisory lock key: `lock_key`, or derived from the pipeline name.
+    pub fn key(&self) -> i64 {
         self.lock_key.unwrap_or_else(|| lock_key(&self.pipeline))
     }
 }
@@ -456,6 +457,41 @@ pub async fn supersede(client: &Client, pipeline: &str) -> Result<Epoch, LeaderE
         .await
         .map_err(LeaderError::db("taking a new epoch"))?;
     Ok(Epoch(row.get(0)))
+}
+
+/// The key of the hold `pgprism replay` keeps on a pipeline: the leader lock's key in the
+/// other key space of advisory locks (two `int4`s), so it never meets a leader lock.
+fn replay_key(key: i64) -> (i32, i32) {
+    ((key >> 32) as i32, key as i32)
+}
+
+/// Hold the pipeline for a replay, on `client`'s session until it ends: while
+/// `pgprism replay` rewinds the offsets under its new epoch, a leader starting meanwhile
+/// would stamp a newer epoch on the targets not yet rewound and fence the rewind half-way.
+/// `key`: the pipeline's leader lock key.
+pub async fn hold_for_replay(client: &Client, key: i64) -> Result<(), LeaderError> {
+    let (hi, lo) = replay_key(key);
+    client
+        .execute("SELECT pg_advisory_lock($1, $2)", &[&hi, &lo])
+        .await
+        .map_err(LeaderError::db("holding the pipeline for the replay"))?;
+    Ok(())
+}
+
+/// Wait until no replay holds the pipeline ([`hold_for_replay`]): what a new leader does
+/// before it stamps its epoch on the targets.
+pub async fn wait_for_replay(client: &Client, key: i64) -> Result<(), LeaderError> {
+    let (hi, lo) = replay_key(key);
+    for sql in [
+        "SELECT pg_advisory_lock_shared($1, $2)",
+        "SELECT pg_advisory_unlock_shared($1, $2)",
+    ] {
+        client
+            .execute(sql, &[&hi, &lo])
+            .await
+            .map_err(LeaderError::db("waiting for a replay's rewind"))?;
+    }
+    Ok(())
 }
 
 /// A plain session to the source and the task driving its connection.

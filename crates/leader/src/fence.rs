@@ -348,6 +348,10 @@ impl PgFence {
     /// Rewind the offset to `to` for a replay (the one way an offset moves backwards),
     /// under the same fence.
     pub async fn rewind(&self, tx: &impl GenericClient, to: Offset) -> Result<(), LeaderError> {
+        // A replay stamped its epoch and is about to rewind (armed to sleep by the test of
+        // a leader starting meanwhile).
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("before-rewind");
         self.set(tx, to, Direction::Any).await
     }
 

@@ -28,7 +28,10 @@ pub mod redis_fence;
 pub mod schema;
 pub mod slot;
 
-pub use election::{Election, LeaderConfig, Leadership, Succession, Via, lock_key, supersede};
+pub use election::{
+    Election, LeaderConfig, Leadership, Succession, Via, hold_for_replay, lock_key, supersede,
+    wait_for_replay,
+};
 pub use error::LeaderError;
 pub use fence::{Offset, PgFence};
 pub use redis_fence::RedisFence;

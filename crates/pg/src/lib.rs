@@ -118,6 +118,63 @@ pub fn quote_ident(name: &str) -> String {
     postgres_protocol::escape::escape_identifier(name)
 }
 
+/// Split `schema.table` (default schema `public`); names may be double-quoted (`"a.b".c`
+/// is two parts, `""` a quote inside one). Unquoted names are taken as written, not folded
+/// to lower case. The one parser of table names, for the configuration and the commands.
+pub fn parse_table_name(name: &str) -> Option<(String, String)> {
+    let parts = split_qualified(name)?;
+    match parts.as_slice() {
+        [table] => Some(("public".to_owned(), table.clone())),
+        [schema, table] => Some((schema.clone(), table.clone())),
+        _ => None,
+    }
+}
+
+/// Split a dotted name into parts, honouring double quotes (`"a.b".c` is two parts).
+fn split_qualified(name: &str) -> Option<Vec<String>> {
+    let mut parts = Vec::new();
+    let mut chars = name.chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    '"' => break,
+                    c => part.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                part.push(c);
+                chars.next();
+            }
+        }
+        if part.is_empty() {
+            return None;
+        }
+        parts.push(part);
+        match chars.next() {
+            None => return Some(parts),
+            Some('.') => continue,
+            Some(_) => return None,
+        }
+    }
+}
+
+/// `schema.table` (see [`parse_table_name`]) quoted for SQL: `"schema"."table"`.
+pub fn quote_table_name(name: &str) -> Option<String> {
+    let (schema, table) = parse_table_name(name)?;
+    Some(format!("{}.{}", quote_ident(&schema), quote_ident(&table)))
+}
+
 /// Quote a string literal as `E'…'`, safe whatever `standard_conforming_strings` says.
 pub fn quote_literal(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 3);
@@ -145,6 +202,23 @@ pub fn crash_at(point: &str) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_names_are_parsed_once_quote_aware() {
+        assert_eq!(quote_table_name("orders").unwrap(), r#""public"."orders""#);
+        assert_eq!(
+            quote_table_name(r#"public."Orders""#).unwrap(),
+            r#""public"."Orders""#
+        );
+        assert_eq!(
+            quote_table_name(r#""my.schema".t"#).unwrap(),
+            r#""my.schema"."t""#
+        );
+        assert_eq!(quote_table_name(r#"s."a""b""#).unwrap(), r#""s"."a""b""#);
+        for bad in ["a.b.c", "a..b", "", r#""open"#, r#""a"b.c"#] {
+            assert_eq!(quote_table_name(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn quoting() {

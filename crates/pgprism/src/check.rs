@@ -322,8 +322,5 @@ async fn source(cfg: &Config, dsn: &Dsn, c: &Client, f: &mut Findings) -> anyhow
 }
 
 fn qualified(t: &str) -> String {
-    match pgprism_sink::spec::parse_table_name(t) {
-        Some((s, n)) => format!("{}.{}", quote_ident(&s), quote_ident(&n)),
-        None => t.to_owned(),
-    }
+    pgprism_pg::quote_table_name(t).unwrap_or_else(|| t.to_owned())
 }

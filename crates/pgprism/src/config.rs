@@ -389,6 +389,13 @@ impl Config {
         Ok(())
     }
 
+    /// The pipeline's leader lock key: `leader.lock_key`, or derived from the pipeline name.
+    pub fn lock_key(&self) -> i64 {
+        self.leader
+            .lock_key
+            .unwrap_or_else(|| pgprism_leader::lock_key(&self.pipeline))
+    }
+
     /// The projector's view of this configuration, writing as `epoch`.
     pub fn projector(&self, epoch: pgprism_leader::Epoch) -> pgprism_sink::ProjectorConfig {
         pgprism_sink::ProjectorConfig {

@@ -32,6 +32,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         &cfg.source.slot,
         args.from_lsn,
         &args.sinks,
+        cfg.lock_key(),
     )
     .await?;
     for (name, before, after) in &rewound.targets {

@@ -70,8 +70,7 @@ pub async fn run(args: SlotArgs) -> anyhow::Result<()> {
                     .tables
                     .iter()
                     .map(|t| {
-                        pgprism_sink::spec::parse_table_name(t)
-                            .map(|(s, n)| format!("{}.{}", quote_ident(&s), quote_ident(&n)))
+                        pgprism_pg::quote_table_name(t)
                             .with_context(|| format!("source.tables: {t:?} is not a table name"))
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?

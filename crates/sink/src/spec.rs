@@ -573,54 +573,9 @@ fn err(path: impl Into<String>, message: impl Into<String>) -> SpecError {
     }
 }
 
-/// Split `schema.table` (default schema `public`); names may be double-quoted.
-pub fn parse_table_name(name: &str) -> Option<(String, String)> {
-    let parts = split_qualified(name)?;
-    match parts.as_slice() {
-        [table] => Some(("public".to_owned(), table.clone())),
-        [schema, table] => Some((schema.clone(), table.clone())),
-        _ => None,
-    }
-}
-
-/// Split a dotted name into parts, honouring double quotes (`"a.b".c` is two parts).
-fn split_qualified(name: &str) -> Option<Vec<String>> {
-    let mut parts = Vec::new();
-    let mut chars = name.chars().peekable();
-    loop {
-        let mut part = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            loop {
-                match chars.next()? {
-                    '"' if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        part.push('"');
-                    }
-                    '"' => break,
-                    c => part.push(c),
-                }
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c == '.' {
-                    break;
-                }
-                part.push(c);
-                chars.next();
-            }
-        }
-        if part.is_empty() {
-            return None;
-        }
-        parts.push(part);
-        match chars.next() {
-            None => return Some(parts),
-            Some('.') => continue,
-            Some(_) => return None,
-        }
-    }
-}
+/// The one parser of table names: `schema.table` (default schema `public`), names
+/// double-quoted where they hold dots or quotes.
+pub use pgprism_pg::parse_table_name;
 
 /// The column names in a Redis key template (`order:{id}` → `["id"]`); `{{`/`}}` are
 /// literal braces.

@@ -702,15 +702,14 @@ fn connect_error(e: pgwire_replication::PgWireError, target: &str) -> StreamErro
     }
 }
 
-/// `schema.table` (or `table`, meaning `public.table`) as a quoted name.
+/// `schema.table` (or `table`, meaning `public.table`; names may be double-quoted) as a
+/// quoted name, by the one table-name parser the configuration is validated with.
 fn qualified_table(name: &str) -> Result<String, StreamError> {
-    let (schema, table) = name.split_once('.').unwrap_or(("public", name));
-    if schema.is_empty() || table.is_empty() {
-        return Err(StreamError::Config(format!(
-            "invalid table name {name:?}: use schema.table"
-        )));
-    }
-    Ok(format!("{}.{}", quote_ident(schema), quote_ident(table)))
+    pgprism_pg::quote_table_name(name).ok_or_else(|| {
+        StreamError::Config(format!(
+            "invalid table name {name:?}: use schema.table, double-quoting a name that holds a dot or a quote"
+        ))
+    })
 }
 
 /// The replication session's TLS: the same `sslmode`, root and client certificates as the
