@@ -159,6 +159,7 @@ impl Dbs<'_> {
     fn config(&self, pipeline: &str, epoch: i64, projections: &[&str]) -> ProjectorConfig {
         ProjectorConfig {
             pipeline: pipeline.to_owned(),
+            lock_key: pgprism_leader::lock_key(pipeline),
             epoch: Epoch(epoch),
             source: Dsn::parse(&self.src_dsn).unwrap(),
             sinks: BTreeMap::from([(

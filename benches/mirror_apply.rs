@@ -288,6 +288,7 @@ table = "public.target"
     .expect("projection TOML");
     ProjectorConfig {
         pipeline: format!("bench_{round}"),
+        lock_key: pgprism_leader::lock_key(&format!("bench_{round}")),
         epoch: Epoch(1),
         source: Dsn::parse(src_dsn).unwrap(),
         sinks: BTreeMap::from([(

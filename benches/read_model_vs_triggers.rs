@@ -646,6 +646,7 @@ table = "public.order_read_model"
     let projection: ProjectionSpec = toml::from_str(&toml_text).expect("projection TOML");
     ProjectorConfig {
         pipeline: "bench".to_owned(),
+        lock_key: pgprism_leader::lock_key("bench"),
         epoch: Epoch(1),
         source: Dsn::parse(dsn).unwrap(),
         sinks: BTreeMap::from([(

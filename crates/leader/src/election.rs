@@ -459,29 +459,31 @@ pub async fn supersede(client: &Client, pipeline: &str) -> Result<Epoch, LeaderE
     Ok(Epoch(row.get(0)))
 }
 
-/// The key of the hold `pgprism replay` keeps on a pipeline: the leader lock's key in the
-/// other key space of advisory locks (two `int4`s), so it never meets a leader lock.
-fn replay_key(key: i64) -> (i32, i32) {
+/// The key of the hold `pgprism replay` and `pgprism rebuild` keep on a pipeline's offsets:
+/// the leader lock's key in the other key space of advisory locks (two `int4`s), so it
+/// never meets a leader lock.
+fn offsets_key(key: i64) -> (i32, i32) {
     ((key >> 32) as i32, key as i32)
 }
 
-/// Hold the pipeline for a replay, on `client`'s session until it ends: while
-/// `pgprism replay` rewinds the offsets under its new epoch, a leader starting meanwhile
-/// would stamp a newer epoch on the targets not yet rewound and fence the rewind half-way.
-/// `key`: the pipeline's leader lock key.
-pub async fn hold_for_replay(client: &Client, key: i64) -> Result<(), LeaderError> {
-    let (hi, lo) = replay_key(key);
+/// Hold the pipeline's offsets, on `client`'s session until it ends: while `pgprism
+/// replay` rewinds them (or `pgprism rebuild` records its request) under a new epoch it
+/// took, a leader starting meanwhile — the one that epoch deposed campaigns again at once
+/// — would stamp a newer epoch on the targets not yet written and fence the command
+/// half-way. `key`: the pipeline's leader lock key.
+pub async fn hold_offsets(client: &Client, key: i64) -> Result<(), LeaderError> {
+    let (hi, lo) = offsets_key(key);
     client
         .execute("SELECT pg_advisory_lock($1, $2)", &[&hi, &lo])
         .await
-        .map_err(LeaderError::db("holding the pipeline for the replay"))?;
+        .map_err(LeaderError::db("holding the pipeline's offsets"))?;
     Ok(())
 }
 
-/// Wait until no replay holds the pipeline ([`hold_for_replay`]): what a new leader does
-/// before it stamps its epoch on the targets.
-pub async fn wait_for_replay(client: &Client, key: i64) -> Result<(), LeaderError> {
-    let (hi, lo) = replay_key(key);
+/// Wait until no replay or rebuild request holds the offsets ([`hold_offsets`]): what a
+/// new leader does before it stamps its epoch on the targets.
+pub async fn wait_for_offsets(client: &Client, key: i64) -> Result<(), LeaderError> {
+    let (hi, lo) = offsets_key(key);
     for sql in [
         "SELECT pg_advisory_lock_shared($1, $2)",
         "SELECT pg_advisory_unlock_shared($1, $2)",
@@ -489,7 +491,7 @@ pub async fn wait_for_replay(client: &Client, key: i64) -> Result<(), LeaderErro
         client
             .execute(sql, &[&hi, &lo])
             .await
-            .map_err(LeaderError::db("waiting for a replay's rewind"))?;
+            .map_err(LeaderError::db("waiting for a replay or rebuild request"))?;
     }
     Ok(())
 }

@@ -29,8 +29,8 @@ pub mod schema;
 pub mod slot;
 
 pub use election::{
-    Election, LeaderConfig, Leadership, Succession, Via, hold_for_replay, lock_key, supersede,
-    wait_for_replay,
+    Election, LeaderConfig, Leadership, Succession, Via, hold_offsets, lock_key, supersede,
+    wait_for_offsets,
 };
 pub use error::LeaderError;
 pub use fence::{Offset, PgFence};

@@ -399,6 +399,7 @@ impl Config {
     /// The projector's view of this configuration, writing as `epoch`.
     pub fn projector(&self, epoch: pgprism_leader::Epoch) -> pgprism_sink::ProjectorConfig {
         pgprism_sink::ProjectorConfig {
+            lock_key: self.lock_key(),
             pipeline: self.pipeline.clone(),
             epoch,
             source: self.source.dsn.clone(),

@@ -32,7 +32,6 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         &cfg.source.slot,
         args.from_lsn,
         &args.sinks,
-        cfg.lock_key(),
     )
     .await?;
     for (name, before, after) in &rewound.targets {

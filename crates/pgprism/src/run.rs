@@ -171,8 +171,8 @@ async fn lead(
     let setup = async {
         let client = crate::session::connect(&dsn.named("pgprism slot")).await?;
         crate::partitions::refuse_hidden(&client, cfg).await?;
-        // A replay rewinding the offsets under its epoch: our stamps would fence it.
-        pgprism_leader::wait_for_replay(&client, cfg.lock_key()).await?;
+        // A replay or rebuild writing the offsets under its epoch: our stamps would fence it.
+        pgprism_leader::wait_for_offsets(&client, cfg.lock_key()).await?;
         // The dead leader's walsender letting go of the slot, and connecting and stamping
         // every target, wait on different things: both at once.
         let slot = timed(async {

@@ -44,6 +44,8 @@ use pgprism_leader::fence::read_backfill;
 pub struct ProjectorConfig {
     /// The pipeline's name (offsets and dead letters are kept under it).
     pub pipeline: String,
+    /// The pipeline's leader lock key (`pgprism_leader::lock_key` of the name unless set).
+    pub lock_key: i64,
     /// The leader's epoch: every sink write is fenced with it.
     pub epoch: Epoch,
     /// The source database (catalog lookups, query projections).

@@ -23,7 +23,7 @@
 
 use std::sync::Arc;
 
-use pgprism_leader::{Epoch, PgFence, RedisFence, supersede};
+use pgprism_leader::{Epoch, PgFence, RedisFence, hold_offsets, supersede};
 use pgprism_pg::quote_ident;
 
 use crate::backfill::BackfillState;
@@ -123,6 +123,9 @@ pub async fn request(cfg: &ProjectorConfig, projection: &str) -> Result<Requeste
             }
         }
     }
+    // Until this session ends, the request recorded: the leader our new epoch deposes
+    // campaigns again at once, and its stamps would fence the request half-way.
+    hold_offsets(&source, cfg.lock_key).await?;
     let epoch = supersede(&source, &cfg.pipeline).await?;
     let mut state = BackfillState::start();
     let mut targets = Vec::new();

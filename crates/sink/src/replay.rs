@@ -4,7 +4,7 @@
 //! 1. Check the slot can still deliver from the LSN (Postgres never decodes before the
 //!    slot's confirmed position; pgprism keeps that behind the offsets by the replay
 //!    window). If not, refuse, naming the oldest replayable LSN and the way out.
-//! 2. Hold the pipeline ([`pgprism_leader::hold_for_replay`]) until the rewind is done: a
+//! 2. Hold the pipeline ([`pgprism_leader::hold_offsets`]) until the rewind is done: a
 //!    leader that starts meanwhile (the one deposed below campaigns again at once) waits
 //!    before it stamps its own, newer epoch, which would fence the rewind half-way.
 //! 3. Take a new epoch ([`pgprism_leader::supersede`]): the running leader loses at its
@@ -19,7 +19,7 @@
 
 use pgprism_decoder::Lsn;
 use pgprism_leader::slot::{check_replay, oldest_replayable};
-use pgprism_leader::{Epoch, LeaderError, Offset, hold_for_replay, supersede};
+use pgprism_leader::{Epoch, LeaderError, Offset, hold_offsets, supersede};
 
 use crate::error::SinkError;
 use crate::lane::connect;
@@ -36,14 +36,13 @@ pub struct Rewound {
 
 /// Rewind the targets named in `only` (target or sink names; all when empty) of the
 /// pipeline in `cfg` to `from`, so that the leader re-applies every transaction that
-/// committed at or after it. `cfg.epoch` is ignored: a new one is taken. `lock_key`: the
-/// pipeline's leader lock key; a leader starting while the rewind runs waits for it.
+/// committed at or after it. `cfg.epoch` is ignored: a new one is taken. A leader starting
+/// while the rewind runs waits for it.
 pub async fn rewind(
     cfg: &ProjectorConfig,
     slot: &str,
     from: Lsn,
     only: &[String],
-    lock_key: i64,
 ) -> Result<Rewound, SinkError> {
     let source = connect(&cfg.source.named("pgprism source"), "source").await?;
     let Some(oldest) = oldest_replayable(&source, slot).await? else {
@@ -78,7 +77,7 @@ pub async fn rewind(
     }
     // Until this session ends, with the rewind done: the leader our new epoch deposes
     // campaigns again at once, and its stamps would fence the rewind half-way.
-    hold_for_replay(&source, lock_key).await?;
+    hold_offsets(&source, cfg.lock_key).await?;
     let epoch = supersede(&source, &cfg.pipeline).await?;
     let mut cfg = cfg.clone();
     cfg.epoch = epoch;

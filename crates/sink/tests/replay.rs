@@ -12,7 +12,6 @@ use common::{
     shop_workload,
 };
 use pgprism_decoder::Lsn;
-use pgprism_leader::lock_key;
 use pgprism_sink::Projector;
 use pgprism_sink::replay::rewind;
 
@@ -84,7 +83,7 @@ async fn replay_from_saved_lsn_converges() {
     );
 
     // The operator replays every target from the saved LSN.
-    let rewound = rewind(&cfg, "pgprism", saved, &[], lock_key(&cfg.pipeline))
+    let rewound = rewind(&cfg, "pgprism", saved, &[])
         .await
         .expect("replay accepted");
     assert_eq!(rewound.targets.len(), 4, "{rewound:?}");
@@ -183,7 +182,7 @@ async fn replay_of_wal_the_slot_no_longer_holds_is_refused_with_the_way_out() {
     // The slot's confirmed position may still move a little after the stream closed (the
     // last status update lands): the message names it as the rewind read it.
     let before = confirmed();
-    let err = rewind(&cfg, "pgprism", early, &[], lock_key(&cfg.pipeline))
+    let err = rewind(&cfg, "pgprism", early, &[])
         .await
         .unwrap_err()
         .to_string();
@@ -200,40 +199,21 @@ async fn replay_of_wal_the_slot_no_longer_holds_is_refused_with_the_way_out() {
             && err.contains("rebuild"),
         "{err} (the slot's confirmed position was {before}, then {after})"
     );
-    let err = rewind(
-        &cfg,
-        "pgprism",
-        early,
-        &["nope".to_owned()],
-        lock_key(&cfg.pipeline),
-    )
-    .await;
+    let err = rewind(&cfg, "pgprism", early, &["nope".to_owned()]).await;
     assert!(err.is_err());
     let late = env.marker();
-    let err = rewind(
-        &cfg,
-        "pgprism",
-        late,
-        &["nope".to_owned()],
-        lock_key(&cfg.pipeline),
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let err = rewind(&cfg, "pgprism", late, &["nope".to_owned()])
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("no target or sink named \"nope\" (targets: products.pg, products.cache)"),
         "{err}"
     );
     // Only the named sink's targets move.
-    let rewound = rewind(
-        &cfg,
-        "pgprism",
-        late,
-        &["cache".to_owned()],
-        lock_key(&cfg.pipeline),
-    )
-    .await
-    .unwrap();
+    let rewound = rewind(&cfg, "pgprism", late, &["cache".to_owned()])
+        .await
+        .unwrap();
     let names: Vec<&str> = rewound.targets.iter().map(|(n, _, _)| n.as_str()).collect();
     assert_eq!(names, ["products.cache"]);
 }

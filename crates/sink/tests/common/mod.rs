@@ -101,6 +101,7 @@ impl Env {
     pub fn config(&self, projections: Vec<ProjectionSpec>, epoch: i64) -> ProjectorConfig {
         ProjectorConfig {
             pipeline: "test".to_owned(),
+            lock_key: pgprism_leader::lock_key("test"),
             epoch: Epoch(epoch),
             source: Dsn::parse(&self.dsn).unwrap(),
             sinks: self.sinks(),
