@@ -21,13 +21,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{CUT_OFF, Env, Log, PATIENCE, eventually, pgprism, sessions_gone, start_run};
+use common::{
+    CUT_OFF, Env, Log, PATIENCE, eventually, pgprism, seeded_rng, sessions_gone, start_run,
+};
 use pgprism_decoder::Lsn;
 use pgprism_leader::{Offset, PgFence, RedisFence};
 use pgprism_testkit::shop::{MODEL, ORDER_COLUMNS, TRUTH, assert_same};
 use pgprism_testkit::{ChildGuard, Signal};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use redis::aio::MultiplexedConnection;
 use tokio_postgres::Client;
 
@@ -474,17 +475,6 @@ async fn application(client: Client, stop: Arc<AtomicBool>, seed: u64) -> usize 
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     round
-}
-
-/// Random choices, from `PGPRISM_CHAOS_SEED` if set; the seed is printed to rerun a
-/// failure with the same choices (the machine's timing still differs).
-fn seeded_rng() -> (StdRng, u64) {
-    let seed = std::env::var("PGPRISM_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    eprintln!("PGPRISM_CHAOS_SEED={seed}");
-    (StdRng::seed_from_u64(seed), seed)
 }
 
 /// Share of the time from `from` to `died` that `life` spent in flushes it finished

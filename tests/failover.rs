@@ -18,11 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{CUT_OFF, Env, Log, eventually, sessions_gone, start_run};
+use common::{CUT_OFF, Env, Log, eventually, seeded_rng, sessions_gone, start_run};
 use pgprism_decoder::Lsn;
 use pgprism_testkit::{ChildGuard, pause, resume};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use tokio_postgres::Client;
 
 const PIPELINE: &str = "failover";
@@ -519,17 +518,6 @@ async fn caught_up(env: &Env, written: i64, redis: bool, log: &Log) {
     .await;
 }
 
-/// Random timings, from `PGPRISM_CHAOS_SEED` if set; the seed is printed to rerun a
-/// failure with the same choices (the machine's timing still differs).
-fn seeded_rng() -> StdRng {
-    let seed = std::env::var("PGPRISM_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    eprintln!("PGPRISM_CHAOS_SEED={seed}");
-    StdRng::seed_from_u64(seed)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_never_two_leaders_and_a_kill_9_frees_the_lock() {
     // Default election settings: this measures what a deployment gets.
@@ -541,7 +529,7 @@ async fn three_replicas_never_two_leaders_and_a_kill_9_frees_the_lock() {
         &setup.sql,
         &setup.log,
     );
-    let mut rng = seeded_rng();
+    let (mut rng, _) = seeded_rng();
     let mut beliefs = Beliefs::default();
     let mut names = (0..).map(|i| format!("r{i}"));
     let mut replicas: Vec<Replica> = (0..3)
@@ -828,7 +816,7 @@ async fn rows_and_offsets_commit_together_across_100_kill_9s() {
         &setup.sql,
         &setup.log,
     );
-    let mut rng = seeded_rng();
+    let (mut rng, _) = seeded_rng();
     let mut app = None;
     let mut last = Lsn::ZERO;
     let mut tally = KillTally::default();

@@ -11,11 +11,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Env, Log, PATIENCE, eventually, pgprism, start_run};
+use common::{Env, Log, PATIENCE, eventually, pgprism, seeded_rng, start_run};
 use pgprism_decoder::Lsn;
 use pgprism_testkit::shop::assert_same;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
 const DDL: &str = "
 CREATE TABLE events (
@@ -77,6 +76,19 @@ table = "read.events"
     path
 }
 
+/// `pgprism check -c config`: its exit code and what it printed.
+fn check(config: &Path) -> (Option<i32>, String) {
+    let out = pgprism()
+        .args(["check", "-c"])
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// The mirror's committed position.
 async fn offset(sql: &tokio_postgres::Client) -> Option<Lsn> {
     sql.query_opt(
@@ -112,12 +124,7 @@ async fn a_partitioned_table_is_mirrored_through_its_root_and_unread_tables_are_
 
     // Then the application: inserts, updates, deletes and moves between partitions, a
     // partition created meanwhile, and notes nobody projects.
-    let seed = std::env::var("PGPRISM_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    eprintln!("PGPRISM_CHAOS_SEED={seed}");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut rng, _) = seeded_rng();
     let mut next_id = 20_001i64;
     let mut ops = [0usize; 4];
     for round in 0..1_000 {
@@ -222,13 +229,8 @@ async fn a_publication_that_names_partitions_is_refused_with_the_fix() {
     let config = config(&env, dir.path(), port);
     let fix = r#"fix: ALTER PUBLICATION "pgprism" SET (publish_via_partition_root = true)"#;
 
-    let check = pgprism()
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&check.stdout);
-    assert_eq!(check.status.code(), Some(1), "{said}");
+    let (code, said) = check(&config);
+    assert_eq!(code, Some(1), "{said}");
     let line = said
         .lines()
         .find(|l| l.contains("lacks publish_via_partition_root"))
@@ -263,12 +265,7 @@ async fn a_publication_that_names_partitions_is_refused_with_the_fix() {
 
     // Fixed as it says: check has nothing more to say about it.
     env.sql("ALTER PUBLICATION pgprism SET (publish_via_partition_root = true)");
-    let check = pgprism()
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&check.stdout);
+    let (_, said) = check(&config);
     assert!(
         !said.contains("publish_via_partition_root") && !said.contains("does not include"),
         "{said}"

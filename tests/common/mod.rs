@@ -235,6 +235,18 @@ pub fn stop(child: &mut ChildGuard, who: &str, log: &Log) {
     );
 }
 
+/// Random choices, from `PGPRISM_CHAOS_SEED` if set; the seed is printed to rerun a
+/// failure with the same choices (the machine's timing still differs).
+pub fn seeded_rng() -> (rand::rngs::StdRng, u64) {
+    use rand::SeedableRng;
+    let seed = std::env::var("PGPRISM_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("PGPRISM_CHAOS_SEED={seed}");
+    (rand::rngs::StdRng::seed_from_u64(seed), seed)
+}
+
 /// What Postgres logs when a client vanishes inside a transaction.
 pub const CUT_OFF: &str = "unexpected EOF on client connection with an open transaction";
 

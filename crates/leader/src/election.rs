@@ -57,8 +57,7 @@ impl LeaderConfig {
         }
     }
 
-    /// The advisory lock key: `lock_key`, or derived from the pipeline name.
-    pub fn key(&self) -> i64 {
+    fn key(&self) -> i64 {
         self.lock_key.unwrap_or_else(|| lock_key(&self.pipeline))
     }
 }

@@ -4,6 +4,7 @@
 //! see it. pgprism creates its publications with the option; one created without it is
 //! refused (`pgprism check`, and `pgprism run` before it streams) with the fix.
 
+use pgprism_decoder::stream::StreamError;
 use pgprism_pg::quote_ident;
 use tokio_postgres::Client;
 
@@ -54,13 +55,9 @@ pub(crate) fn problem(publication: &str, tables: &[String]) -> String {
     )
 }
 
-/// `pgprism run` refuses to stream a publication that would hide partitioned sources.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct PublishedAsPartitions(pub(crate) String);
-
 /// Refuse, before streaming, a publication under which a partitioned source's changes
-/// would reach no projection.
+/// would reach no projection: an unusable publication, as the stream says of one that is
+/// missing (a definite error: `pgprism run` stops with the one line).
 pub(crate) async fn refuse_hidden(c: &Client, cfg: &Config) -> anyhow::Result<()> {
     let hidden = published_as_partitions(c, cfg)
         .await
@@ -68,5 +65,5 @@ pub(crate) async fn refuse_hidden(c: &Client, cfg: &Config) -> anyhow::Result<()
     if hidden.is_empty() {
         return Ok(());
     }
-    Err(PublishedAsPartitions(problem(&cfg.source.publication, &hidden)).into())
+    Err(StreamError::Config(problem(&cfg.source.publication, &hidden)).into())
 }

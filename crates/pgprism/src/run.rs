@@ -4,8 +4,8 @@
 //! Leading: take the slot over from a dead leader's walsender and, at the same time, start
 //! the projector (which connects every target at once and stamps our epoch on each), open
 //! the stream at the smallest target offset, and drive until told to stop. The `streaming`
-//! line says how long each step took. Leadership lost (lock session gone, epoch superseded): stop
-//! writing at once — the in-flight batch is abandoned, its transactions roll back, and
+//! line says how long each step took. Leadership lost (lock session gone, epoch
+//! superseded): stop writing at once — the in-flight batch is abandoned, its transactions roll back, and
 //! the fence would refuse it anyway. SIGTERM/SIGINT: stop reading, flush the open batch,
 //! commit the offsets, send the final standby status update, release the lock, exit 0,
 //! all within `shutdown.deadline`.
@@ -325,9 +325,6 @@ impl std::fmt::Display for Steps {
 
 /// Whether leading may succeed if tried again.
 fn retryable(e: &anyhow::Error) -> bool {
-    if e.is::<crate::partitions::PublishedAsPartitions>() {
-        return false;
-    }
     if let Some(e) = e.downcast_ref::<pgprism_sink::SinkError>() {
         return e.class() == Class::Transient;
     }

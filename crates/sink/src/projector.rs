@@ -34,8 +34,8 @@ use crate::query::{Mapping, QueryProjection};
 use crate::rebuild::{Swap, shadow_table, shadow_target};
 use crate::redis::RedisWriter;
 use crate::spec::{
-    BackfillSpec, BatchSpec, KeyMapping, ProjectionSpec, Resolved, Sink, SinkSpec, TargetSpec,
-    parse_table_name, validate,
+    BackfillSpec, BatchSpec, KeyMapping, ProjectionSpec, Resolved, Sink, SinkKind, SinkSpec,
+    TargetSpec, parse_table_name, validate,
 };
 use pgprism_leader::fence::read_backfill;
 
@@ -374,10 +374,7 @@ async fn plan(
     source: &Client,
     p: &Resolved,
 ) -> Result<(Logic, Option<Arc<crate::batch::Shape>>), SinkError> {
-    let name = match p {
-        Resolved::Mirror(m) => &m.name,
-        Resolved::Query(q) => &q.name,
-    };
+    let name = p.name();
     Ok(match p {
         Resolved::Mirror(m) => {
             let (schema, table) = table_of(name, &m.source)?;
@@ -548,15 +545,15 @@ struct TargetStart<'a> {
 }
 
 impl TargetStart<'_> {
-    /// Connect target `t` of projection `p` (named `name`), stamp our epoch on its offset,
-    /// read where it resumes and plan its backfill; beside it, its rebuild's shadow lane
-    /// when a rebuild was asked for.
+    /// Connect target `t` of projection `p`, stamp our epoch on its offset, read where it
+    /// resumes and plan its backfill; beside it, its rebuild's shadow lane when a rebuild
+    /// was asked for.
     async fn target(
         &self,
         p: &Resolved,
-        name: &str,
         t: &TargetSpec,
     ) -> Result<(Lane, Option<Lane>), SinkError> {
+        let name = p.name();
         let (cfg, source, source_dsn, timeouts, initial) = (
             self.cfg,
             self.source,
@@ -637,8 +634,6 @@ impl TargetStart<'_> {
                 (Writer::Postgres(Box::new(w)), stored)
             }
             Sink::Redis { url, ca_file } => {
-                // A Redis target's dead letters live in the source.
-                dead_letter::ensure(source).await?;
                 let (w, stored) = RedisWriter::connect(
                     &cfg.pipeline,
                     &target,
@@ -711,6 +706,15 @@ impl Projector {
             .backfill
             .initial
             .then(|| crate::backfill::BackfillState::start().to_json());
+        // A Redis target's dead letters live in the source: their table, once.
+        let redis = |t: &TargetSpec| {
+            cfg.sinks
+                .get(&t.sink)
+                .is_some_and(|s| s.kind == SinkKind::Redis)
+        };
+        if resolved.iter().any(|p| p.targets().iter().any(redis)) {
+            dead_letter::ensure(&source).await?;
+        }
         let start = TargetStart {
             cfg,
             source: &source,
@@ -720,13 +724,11 @@ impl Projector {
         };
         // Every target at once: each waits on its own connects and round trips (a new
         // leader's start is most of a takeover, and a loaded server makes each trip slow).
-        let started = futures_util::future::try_join_all(resolved.iter().flat_map(|p| {
-            let (name, targets) = match p {
-                Resolved::Mirror(m) => (&m.name, &m.targets),
-                Resolved::Query(q) => (&q.name, &q.targets),
-            };
-            targets.iter().map(|t| start.target(p, name, t))
-        }))
+        let started = futures_util::future::try_join_all(
+            resolved
+                .iter()
+                .flat_map(|p| p.targets().iter().map(|t| start.target(p, t))),
+        )
         .await?;
         let (mut lanes, mut shadows) = (Vec::new(), Vec::new());
         for (lane, shadow) in started {
@@ -786,19 +788,11 @@ impl Projector {
     /// table changed shape still flushes what it holds first.
     pub async fn route(&mut self, chunk: &TxnChunk) -> Result<(), SinkError> {
         let commit_lsn = chunk.txn.commit_lsn;
-        // Counted per relation and named once per chunk, not once per change.
-        let mut counts: Vec<(Option<&Arc<Relation>>, &'static str, u64)> = Vec::new();
-        // Changes of a published table no projection reads, per relation.
-        let mut unclaimed: Vec<(&Arc<Relation>, u64)> = Vec::new();
+        // Counted per relation and named once per chunk, not once per change: all changes,
+        // and those of a published table that no projection reads.
+        let mut counts: Vec<(Option<&Arc<Relation>>, &'static str, u64, u64)> = Vec::new();
         for (i, change) in chunk.changes.iter().enumerate() {
             let (rel, op) = table_op(&change.kind);
-            match counts
-                .iter_mut()
-                .find(|(r, o, _)| *o == op && r.map(Arc::as_ptr) == rel.map(Arc::as_ptr))
-            {
-                Some((_, _, n)) => *n += 1,
-                None => counts.push((rel, op, 1)),
-            }
             let pos = Position {
                 commit_lsn,
                 seq: chunk.first_seq + i as u64,
@@ -818,21 +812,27 @@ impl Projector {
                 }
                 lane.push(&change.kind, pos, chunk.txn.xid)?;
             }
-            if let (false, Some(rel)) = (claimed, rel) {
-                match unclaimed.iter_mut().find(|(r, _)| Arc::ptr_eq(r, rel)) {
-                    Some((_, n)) => *n += 1,
-                    None => unclaimed.push((rel, 1)),
+            let unclaimed = u64::from(!claimed && rel.is_some());
+            match counts
+                .iter_mut()
+                .find(|(r, o, ..)| *o == op && r.map(Arc::as_ptr) == rel.map(Arc::as_ptr))
+            {
+                Some((_, _, n, u)) => {
+                    *n += 1;
+                    *u += unclaimed;
                 }
+                None => counts.push((rel, op, 1, unclaimed)),
             }
         }
-        for (rel, op, n) in counts {
+        for (rel, op, n, unclaimed) in counts {
             let table = rel.map(|r| r.qualified_name()).unwrap_or_default();
-            metrics::counter!("pgprism_changes_total", "table" => table, "op" => op).increment(n);
-        }
-        for (rel, n) in unclaimed {
-            let table = rel.qualified_name();
-            metrics::counter!("pgprism_unclaimed_changes_total", "table" => table.clone())
+            metrics::counter!("pgprism_changes_total", "table" => table.clone(), "op" => op)
                 .increment(n);
+            if unclaimed == 0 {
+                continue;
+            }
+            metrics::counter!("pgprism_unclaimed_changes_total", "table" => table.clone())
+                .increment(unclaimed);
             if self.unclaimed.insert(table.clone()) {
                 tracing::warn!(table = %table,
                     "changes of a published table that no projection reads: counted in pgprism_unclaimed_changes_total; \

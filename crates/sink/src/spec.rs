@@ -252,6 +252,24 @@ pub enum Resolved {
     Query(QuerySpec),
 }
 
+impl Resolved {
+    /// The projection's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Resolved::Mirror(m) => &m.name,
+            Resolved::Query(q) => &q.name,
+        }
+    }
+
+    /// Where the projection writes.
+    pub fn targets(&self) -> &[TargetSpec] {
+        match self {
+            Resolved::Mirror(m) => &m.targets,
+            Resolved::Query(q) => &q.targets,
+        }
+    }
+}
+
 impl ProjectionSpec {
     /// Check the keys this kind takes (`path` is the projection's key path) and return
     /// the kind-specific view.
