@@ -970,11 +970,19 @@ async fn a_replay_is_not_fenced_by_the_leader_it_deposes() {
         .nth(1)
         .and_then(|r| r.split(':').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no epoch in {said}"));
-    // A stepped down at its next heartbeat, waited for the rewind, and leads again.
+    // A stepped down at its next heartbeat, waited for the rewind (and said so), and leads
+    // again.
     let (epoch, _) = wait_role(log, "a", replayed_at, true).await;
     assert!(
         epoch.unwrap() > replay_epoch,
         "{epoch:?} after {replay_epoch}"
+    );
+    assert!(
+        log.of("a")
+            .iter()
+            .any(|l| l.at > replayed_at && l.text.contains("holds the pipeline's offsets")),
+        "A never said it waited for the replay\n{}",
+        log.tail()
     );
     let written = setup.stop_ticking(app).await;
     caught_up(env, written, true, log).await;

@@ -480,18 +480,29 @@ pub async fn hold_offsets(client: &Client, key: i64) -> Result<(), LeaderError> 
 }
 
 /// Wait until no replay or rebuild request holds the offsets ([`hold_offsets`]): what a
-/// new leader does before it stamps its epoch on the targets.
+/// new leader does before it stamps its epoch on the targets. Said in the log when it has
+/// to wait, so a command that hangs holding them is not a silent stall.
 pub async fn wait_for_offsets(client: &Client, key: i64) -> Result<(), LeaderError> {
     let (hi, lo) = offsets_key(key);
-    for sql in [
-        "SELECT pg_advisory_lock_shared($1, $2)",
-        "SELECT pg_advisory_unlock_shared($1, $2)",
-    ] {
+    const WAITING: &str = "waiting for a replay or rebuild request";
+    let free: bool = client
+        .query_one("SELECT pg_try_advisory_lock_shared($1, $2)", &[&hi, &lo])
+        .await
+        .map_err(LeaderError::db(WAITING))?
+        .get(0);
+    if !free {
+        tracing::warn!(
+            "a replay or rebuild request holds the pipeline's offsets; waiting for it to finish before stamping the targets"
+        );
         client
-            .execute(sql, &[&hi, &lo])
+            .execute("SELECT pg_advisory_lock_shared($1, $2)", &[&hi, &lo])
             .await
-            .map_err(LeaderError::db("waiting for a replay or rebuild request"))?;
+            .map_err(LeaderError::db(WAITING))?;
     }
+    client
+        .execute("SELECT pg_advisory_unlock_shared($1, $2)", &[&hi, &lo])
+        .await
+        .map_err(LeaderError::db(WAITING))?;
     Ok(())
 }
 
